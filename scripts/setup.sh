@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs vismem's build dependencies (Debian 12 packages). Idempotent: packages
+# already present are skipped, so running it again costs a second.
+set -euo pipefail
+pkgs=(
+  build-essential cmake pkg-config
+  libsqlite3-dev            # the memory store
+  libssl-dev                # sha256 model fingerprints
+  libopenblas-dev           # sgemm for exact search and the encoders
+  libjpeg62-turbo-dev libpng-dev libwebp-dev   # image decoding
+  libcli11-dev              # command line
+  nlohmann-json3-dev        # neighbor files, JSON output
+  libcpp-httplib-dev        # HTTP service
+  libgtest-dev libgmock-dev # tests
+  libbenchmark-dev          # micro benchmarks
+  libfaiss-dev libomp-dev   # ANN baseline in bench/
+  libopencv-dnn-dev         # encoder baseline in bench/
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "setup: dependencies present"
