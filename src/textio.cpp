@@ -1,0 +1,31 @@
+#include "textio.h"
+
+#include <fstream>
+
+#include "error.h"
+
+namespace vismem {
+
+std::vector<std::string> read_lines(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw Error("cannot open " + path);
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(f, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    out.push_back(line);
+  }
+  while (!out.empty() && out.back().empty()) out.pop_back();
+  for (size_t i = 0; i < out.size(); ++i)
+    if (out[i].empty()) throw Error(path + ":" + std::to_string(i + 1) + ": empty line");
+  return out;
+}
+
+void write_lines(const std::string& path, const std::vector<std::string>& lines) {
+  std::ofstream f(path);
+  if (!f) throw Error("cannot write " + path);
+  for (const auto& l : lines) f << l << "\n";
+  if (!f) throw Error("write failed: " + path);
+}
+
+}  // namespace vismem

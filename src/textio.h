@@ -1,0 +1,18 @@
+// textio.h: text inputs, one entry per line (labels, ids).
+//
+// Basic usage:
+//   std::vector<std::string> labels = vismem::read_lines("train_labels.txt");
+//
+// Lines keep inner spaces; a trailing '\r' and a final empty line are dropped;
+// any other empty line is an error (an id or label cannot be empty).
+// Thread safety: free functions.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace vismem {
+
+std::vector<std::string> read_lines(const std::string& path);
+void write_lines(const std::string& path, const std::vector<std::string>& lines);
+
+}  // namespace vismem
