@@ -85,11 +85,14 @@ EvalResult evaluate(const std::vector<QueryNeighbors>& qs, const EvalOptions& op
   return r;
 }
 
-nlohmann::json eval_json(const EvalResult& r) {
-  nlohmann::json methods = nlohmann::json::object();
+nlohmann::ordered_json eval_json(const EvalResult& r) {
+  nlohmann::ordered_json methods = nlohmann::ordered_json::object();
   for (const auto& [v, m] : r.methods)
     methods[vote_name(v)] = {{"accuracy_at_k", m.accuracy_at_k}, {"best", m.best}, {"best_k", m.best_k}};
-  return {{"queries", r.queries}, {"methods", methods}};
+  nlohmann::ordered_json out;
+  out["queries"] = r.queries;
+  out["methods"] = std::move(methods);
+  return out;
 }
 
 std::string eval_table(const EvalResult& r) {
@@ -127,6 +130,35 @@ std::string eval_table(const EvalResult& r) {
   }
   os << "\n";
   return os.str();
+}
+
+std::vector<QueryNeighbors> to_query_neighbors(const std::vector<std::vector<Neighbor>>& results,
+                                               const std::vector<std::string>& query_ids,
+                                               const std::vector<std::string>& true_labels,
+                                               const std::string& featurizer) {
+  std::vector<QueryNeighbors> out(results.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    QueryNeighbors& q = out[i];
+    q.query_id = query_ids.empty() ? "q" + std::to_string(i) : query_ids.at(i);
+    q.image_id = q.query_id;
+    q.featurizer = featurizer;
+    if (!true_labels.empty()) q.true_labels = {true_labels.at(i)};
+    for (const Neighbor& n : results[i]) {
+      q.neighbor_ids.push_back(n.id);
+      q.neighbor_labels.push_back(n.label);
+      q.distances.push_back(n.distance);
+    }
+  }
+  return out;
+}
+
+void apply_memory_pruning(const Memory& mem, EvalOptions& opt) {
+  const std::string mode = mem.info().pruning_mode;
+  if (mode == "none") return;
+  for (const ItemInfo& it : mem.items()) {
+    if (mode == "hard" && mem.excluded(it)) opt.exclude_ids.insert(it.id);
+    if (mode == "soft" && it.reliability != 1.0) opt.reliability[it.id] = it.reliability;
+  }
 }
 
 std::unordered_set<std::string> read_id_set(const std::string& path) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "aggregate.h"
+#include "memory.h"
 #include "neighbors.h"
 
 namespace vismem {
@@ -54,9 +55,19 @@ InternedQueries intern_queries(const std::vector<QueryNeighbors>& qs, const Eval
 // Throws vismem::Error if a query has no true label or fewer than K neighbors.
 EvalResult evaluate(const std::vector<QueryNeighbors>& qs, const EvalOptions& opt);
 
-nlohmann::json eval_json(const EvalResult& r);
+nlohmann::ordered_json eval_json(const EvalResult& r);
 // Human-readable: k = 1, 5, 10, 20, ..., K rows plus best and best k.
 std::string eval_table(const EvalResult& r);
+
+// Memory search results as neighbor lists (SPEC section 7). query_ids: nq
+// (empty: "q0", "q1", ...); true_labels: nq or empty (unknown).
+std::vector<QueryNeighbors> to_query_neighbors(const std::vector<std::vector<Neighbor>>& results,
+                                               const std::vector<std::string>& query_ids,
+                                               const std::vector<std::string>& true_labels,
+                                               const std::string& featurizer);
+
+// The memory's pruning state as evaluation options (hard: exclusions, soft: weights).
+void apply_memory_pruning(const Memory& mem, EvalOptions& opt);
 
 // Reads an id list (one per line) and an id<TAB>weight file.
 std::unordered_set<std::string> read_id_set(const std::string& path);

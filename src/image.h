@@ -4,11 +4,28 @@
 //   vismem::Image img = vismem::decode_image_file("photo.jpg");   // throws vismem::Error if unreadable
 //   // img.width, img.height, img.rgb (height * width * 3, row-major, RGB)
 //
-// Matches PIL's Image.open(path).convert("RGB"): grayscale is replicated,
-// CMYK converted, alpha dropped (not composited), 16-bit PNG reduced to 8-bit,
-// palettes expanded. Corrupt or truncated files throw vismem::Error naming the file.
-// Thread safety: pure functions over values.
+// Matches PIL's Image.open(path).convert("RGB") (Pillow 12), because the
+// reference pipelines (torchvision, HF) start from it:
+// - the format is found from the leading bytes, never the file name;
+// - JPEG: libjpeg-turbo, ISLOW DCT, fancy upsampling (PIL's defaults);
+//   grayscale replicated; 4-channel JPEGs are taken as Adobe (inverted) CMYK
+//   or YCCK and converted with PIL's cmyk2rgb formula;
+// - PNG: palettes expanded (an index past the palette gives black, as in
+//   Pillow), alpha and tRNS dropped (not composited), 1/2/4-bit gray scaled by
+//   bit replication, 16-bit RGB/RGBA/gray+alpha reduced to the high byte;
+//   16-bit grayscale is clipped to 255 (PIL opens it as "I;16" and its
+//   convert("RGB") saturates, so most 16-bit gray photos come out white:
+//   that is what the reference pipeline feeds the model, so we keep it);
+// - WebP: libwebp, still images only (animated WebP is refused);
+// - BMP: uncompressed 1/4/8-bit paletted, 24-bit, 32-bit (BI_RGB or
+//   byte-aligned BI_BITFIELDS), bottom-up and top-down. RLE and 16-bit are refused.
+// EXIF orientation and ICC profiles are ignored, as PIL.open does.
+// Corrupt or truncated files (including a JPEG that ends early, which
+// libjpeg would pad with gray) throw vismem::Error naming the file. Images
+// over 178,956,970 pixels are refused (PIL's decompression-bomb limit).
+// Thread safety: pure functions over values; safe to call from many threads.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -23,6 +40,9 @@ struct Image {
 
 Image decode_image_file(const std::string& path);
 Image decode_image(const uint8_t* bytes, size_t size, const std::string& name);
+
+// "jpeg", "png", "webp", "bmp" from the leading bytes, or "" if none of these.
+std::string detect_image_format(const uint8_t* bytes, size_t size);
 
 // True if the file name has an image extension vismem reads (.jpg .jpeg .png .webp .bmp, any case).
 bool is_image_path(const std::string& path);

@@ -1,0 +1,66 @@
+#include "common.h"
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <unistd.h>
+
+#include "error.h"
+#include "npy.h"
+#include "textio.h"
+
+namespace vismem::cli {
+
+Matrix read_embeddings(const std::string& path) {
+  NpyArray a = read_npy(path);
+  if (a.dtype != DType::f32 && a.dtype != DType::f16)
+    throw Error(path + ": embeddings must be float32 or float16, not another dtype");
+  if (a.shape.size() != 2) throw Error(path + ": embeddings must be a 2-D array (n, d), got shape " + a.shape_str());
+  Matrix m;
+  m.rows = a.shape[0];
+  m.cols = static_cast<int>(a.shape[1]);
+  m.data = a.to_float();
+  return m;
+}
+
+std::vector<std::string> read_list(const std::string& path, int64_t expected, const std::string& what) {
+  auto lines = read_lines(path);
+  if (expected > 0 && static_cast<int64_t>(lines.size()) != expected)
+    throw Error(path + ": " + std::to_string(lines.size()) + " " + what + " for " + std::to_string(expected) +
+                " embeddings (one per line expected)");
+  return lines;
+}
+
+static double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+Progress::Progress(std::string label, int64_t total) : label_(std::move(label)), total_(total), start_(now_s()) {}
+
+void Progress::update(int64_t done) {
+  if (done == shown_) return;
+  double t = now_s();
+  if (t - last_ < (isatty(2) ? 0.25 : 10.0) && done < total_) return;
+  last_ = t;
+  shown_ = done;
+  double el = t - start_;
+  double rate = el > 0 ? done / el : 0;
+  double eta = rate > 0 ? (total_ - done) / rate : 0;
+  int width = 30;
+  int fill = total_ > 0 ? static_cast<int>(width * done / total_) : width;
+  std::string bar(fill, '#');
+  bar += std::string(width - fill, '.');
+  std::fprintf(stderr, "\r%s [%s] %lld/%lld  %.1f items/s  ETA %.0fs   ", label_.c_str(), bar.c_str(),
+               static_cast<long long>(done), static_cast<long long>(total_), rate, eta);
+  if (!isatty(2)) std::fprintf(stderr, "\n");
+  std::fflush(stderr);
+}
+
+void Progress::finish() {
+  last_ = 0;
+  update(total_);
+  if (isatty(2)) std::fprintf(stderr, "\n");
+}
+
+}  // namespace vismem::cli

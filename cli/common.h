@@ -1,0 +1,50 @@
+// common.h: helpers shared by the vismem subcommands (the CLI edge).
+//
+// Each subcommand file registers itself with add_*_commands(app); handlers
+// throw vismem::Error and main() turns it into "error: ..." and exit code 1.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "encoder.h"
+#include "memory.h"
+
+namespace vismem::cli {
+
+// A .npy of embeddings: float32/float16, 2-D, C order. Returns n * d floats.
+struct Matrix {
+  int64_t rows = 0;
+  int cols = 0;
+  std::vector<float> data;
+};
+Matrix read_embeddings(const std::string& path);
+
+// Text list with an expected length (0: any); the message names the file.
+std::vector<std::string> read_list(const std::string& path, int64_t expected, const std::string& what);
+
+// A progress line on stderr: "label  done/total  items/s  ETA", redrawn in place.
+class Progress {
+ public:
+  Progress(std::string label, int64_t total);
+  void update(int64_t done);
+  void finish();
+ private:
+  std::string label_;
+  int64_t total_;
+  double start_, last_ = 0;
+  int64_t shown_ = -1;
+};
+
+// The encoder a memory was created with (or model_override), checked against
+// the memory's fingerprint and dimension.
+std::unique_ptr<Encoder> memory_encoder(const Memory& mem, const std::string& model_override);
+
+void add_memory_commands(CLI::App& app);   // create, add, search, remove, info
+void add_eval_commands(CLI::App& app);     // eval, classify
+void add_image_commands(CLI::App& app);    // embed
+void add_prune_commands(CLI::App& app);    // prune
+
+}  // namespace vismem::cli

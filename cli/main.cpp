@@ -1,0 +1,52 @@
+// vismem: the command line. A thin edge over the library: parse, call, print;
+// every error becomes a one-line message on stderr and exit code 1.
+#include <cblas.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+
+#include "common.h"
+#include "error.h"
+
+// OpenBLAS 0.3.21 does not recognize recent Xeons and falls back to its SSE3
+// "Prescott" kernels (about 5x slower sgemm). The kernel choice is made when
+// the library loads, so the only fix from inside is to restart with
+// OPENBLAS_CORETYPE set. A user's own OPENBLAS_CORETYPE always wins.
+static void use_fast_blas_kernels(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("VISMEM_NO_BLAS_REEXEC")) return;
+  const char* core = openblas_get_corename();
+  if (!core || std::strcmp(core, "Prescott") != 0) return;
+  __builtin_cpu_init();
+  const char* type = __builtin_cpu_supports("avx512f") ? "SkylakeX" : __builtin_cpu_supports("avx2") ? "Haswell" : nullptr;
+  if (!type) return;
+  setenv("OPENBLAS_CORETYPE", type, 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then carry on with the slow kernels
+}
+
+int main(int argc, char** argv) {
+  use_fast_blas_kernels(argv);
+  CLI::App app{"vismem: a visual memory for image classification (kNN over embeddings)"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Help for every subcommand");
+  vismem::cli::add_memory_commands(app);
+  vismem::cli::add_eval_commands(app);
+  vismem::cli::add_image_commands(app);
+  vismem::cli::add_prune_commands(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const vismem::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "error: out of memory\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

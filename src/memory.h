@@ -1,0 +1,161 @@
+// memory.h: the visual memory: (id, label, embedding) items in a SQLite file plus an exact index.
+//
+// Basic usage:
+//   auto mem = vismem::Memory::create("mem.db", {.dim = 1024, .model_id = "mobilenet_v1"});
+//   mem.add(ids, labels, x.data());                  // x: n * dim, row-major; normalized on insert
+//   auto nn = mem.search(q.data(), nq, 100);         // nq lists of up to 100 neighbors, ascending distance
+//   mem.remove({"img_17.jpg"});                      // gone from the file (secure_delete) and the index
+//   vismem::Memory again = vismem::Memory::open("mem.db");
+//
+// Every write is one SQLite transaction (WAL mode): a process killed in the
+// middle of add() leaves the memory exactly as before. Removal overwrites the
+// item's bytes (PRAGMA secure_delete) and checkpoints the WAL, so no copy of
+// the embedding remains in mem.db or mem.db-wal.
+// Thread safety: search() and the const accessors may run concurrently;
+// add(), remove() and the setters need exclusive access.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "index.h"
+
+struct sqlite3;
+
+namespace vismem {
+
+struct Neighbor {
+  int64_t seq = -1;      // insertion sequence number (ties: smaller first)
+  std::string id;
+  std::string label;
+  float distance = 0;    // 1 - <q, m>
+};
+
+struct ItemInfo {
+  int64_t seq = -1;
+  std::string id;
+  std::string label;
+  double reliability = 1.0;  // soft-pruning weight rho
+  int64_t wrong = 0;         // pruning counts (SPEC section 4)
+  int64_t correct = 0;
+};
+
+struct MemoryInfo {
+  std::string path;
+  int dim = 0;
+  int64_t items = 0;
+  int64_t labels = 0;
+  std::string model_id;
+  std::string fingerprint;
+  std::string model_path;
+  int format_version = 0;
+  std::string created_at, updated_at;
+  int64_t generation = 0;         // bumped by every write
+  int64_t counts_generation = -1; // generation the pruning counts were computed at (-1: never)
+  int counts_k = 0;
+  std::string pruning_mode;       // "none", "hard", "soft"
+  double pruning_threshold = 0;
+  bool counts_stale() const { return counts_generation >= 0 && counts_generation != generation; }
+};
+
+enum class AddMode {
+  strict,         // a duplicate id is an error; nothing is written
+  upsert,         // a duplicate id replaces the item (it becomes the newest)
+  skip_existing,  // a duplicate id is left as it is (resumable adds)
+};
+
+struct AddResult {
+  int64_t added = 0, replaced = 0, skipped = 0;
+};
+
+class Memory {
+ public:
+  struct CreateOptions {
+    int dim = 0;
+    std::string model_id;      // free text, e.g. the encoder name
+    std::string fingerprint;   // encoder fingerprint; empty = embeddings from anywhere
+    std::string model_path;    // where the encoder was loaded from (a hint for later adds)
+  };
+  static constexpr int format_version = 1;
+
+  static Memory create(const std::string& path, const CreateOptions& opt);
+  static Memory open(const std::string& path);
+  Memory(Memory&&) noexcept;
+  Memory& operator=(Memory&&) noexcept;
+  ~Memory();
+
+  int dim() const;
+  int64_t size() const;
+  MemoryInfo info() const;
+  const std::string& path() const;
+
+  // Validates everything first (lengths, dimension, NaN/Inf, zero vectors,
+  // empty or duplicate ids in the batch, existing ids per mode), then writes
+  // the whole batch in one transaction. x: n * dim() row-major, any norm.
+  // progress(done, total) is called from the writing thread now and then.
+  AddResult add(const std::vector<std::string>& ids, const std::vector<std::string>& labels, const float* x,
+                AddMode mode = AddMode::strict,
+                const std::function<void(int64_t, int64_t)>& progress = {});
+
+  // Removes the items (one transaction), zeroes their bytes on disk and
+  // truncates the WAL. Unknown ids are an error unless ignore_missing.
+  int64_t remove(const std::vector<std::string>& ids, bool ignore_missing = false);
+  int64_t remove_label(const std::string& label);
+
+  // q: nq * dim() row-major, any norm (normalized here). Each result list has
+  // min(k, size()) neighbors. self_ids (nq entries, or empty): leave-one-out
+  // per SPEC section 2 (search k+1, drop the query's own id or else the last).
+  std::vector<std::vector<Neighbor>> search(const float* q, int64_t nq, int k,
+                                            const std::vector<std::string>& self_ids = {}, int threads = 0) const;
+
+  bool contains(const std::string& id) const;
+  std::optional<ItemInfo> item(const std::string& id) const;
+  std::vector<ItemInfo> items() const;           // insertion order
+  std::vector<float> embedding(const std::string& id) const;  // the stored, normalized vector
+  std::vector<std::string> labels() const;       // distinct labels, sorted
+
+  // Pruning state (SPEC section 4), written in one transaction.
+  struct Counts {
+    std::vector<std::string> ids;
+    std::vector<int64_t> wrong, correct;
+  };
+  void set_counts(const Counts& counts, int k);
+  // mode: "none" | "hard" | "soft"; applied by classify/eval through exclusions()/reliability_of().
+  void set_pruning(const std::string& mode, double threshold);
+  bool excluded(const ItemInfo& it) const;   // hard pruning in effect and wrong >= threshold
+  double weight(const ItemInfo& it) const;   // soft pruning in effect: rho, else 1
+
+  // Model binding: throws vismem::Error unless the fingerprint matches (or the memory has none).
+  void check_fingerprint(const std::string& fingerprint, const std::string& what) const;
+
+  // For the unlearning receipt: checkpoint the WAL into the main file and truncate it.
+  void checkpoint() const;
+
+  struct Db;  // the SQLite connection (memory.cpp)
+
+ private:
+  Memory() = default;
+  void load();
+  void touch();  // bump generation + updated_at (inside a transaction)
+  std::string meta(const std::string& key, const std::string& fallback = "") const;
+  void set_meta(const std::string& key, const std::string& value);
+
+  std::unique_ptr<Db> db_;
+  std::string path_;
+  int dim_ = 0;
+  std::unique_ptr<Index> index_;
+  std::unordered_map<int64_t, ItemInfo> by_seq_;
+  std::unordered_map<std::string, int64_t> seq_of_;
+  std::string prune_mode_ = "none";
+  double prune_threshold_ = 0;
+};
+
+// L2-normalizes each of the n rows of x (n * d) in place; the norm is taken in
+// double. Throws vismem::Error (naming the row) on NaN/Inf or an all-zero row.
+void l2_normalize_rows(float* x, int64_t n, int d, const std::string& what);
+
+}  // namespace vismem

@@ -1,0 +1,99 @@
+#include "pipeline.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "error.h"
+#include "image.h"
+#include "linalg.h"
+#include "memory.h"
+
+namespace vismem {
+
+namespace fs = std::filesystem;
+
+std::vector<float> embed_pixels(const Encoder& enc, const float* pixels, int64_t n, const EmbedOptions& opt) {
+  const int d = enc.dim();
+  const int64_t per = 3LL * enc.input_size() * enc.input_size();
+  std::vector<float> out(n * d);
+  const int batch = std::max(1, opt.batch);
+  for (int64_t s = 0; s < n; s += batch) {
+    int b = static_cast<int>(std::min<int64_t>(batch, n - s));
+    enc.forward(pixels + s * per, b, out.data() + s * d, opt.threads);
+    if (opt.progress) opt.progress(s + b, n);
+  }
+  if (opt.normalize) l2_normalize_rows(out.data(), n, d, "encoder output");
+  return out;
+}
+
+EmbedResult embed_images(const Encoder& enc, const std::vector<std::string>& paths, const EmbedOptions& opt) {
+  const int S = enc.input_size();
+  const int d = enc.dim();
+  const int64_t per = 3LL * S * S;
+  const int batch = std::max(1, opt.batch);
+  const int threads = opt.threads > 0 ? opt.threads : default_threads();
+  const int64_t n = static_cast<int64_t>(paths.size());
+  EmbedResult r;
+  std::vector<float> pixels(batch * per);
+  std::vector<std::string> errors(batch);
+  std::vector<uint8_t> good(batch);
+  std::vector<float> out(batch * d);
+  for (int64_t s = 0; s < n; s += batch) {
+    int b = static_cast<int>(std::min<int64_t>(batch, n - s));
+    // Decode + preprocess in parallel; a bad file only marks its slot.
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int i = 0; i < b; ++i) {
+      try {
+        Image img = decode_image_file(paths[s + i]);
+        preprocess(img, enc.preprocess(), pixels.data() + i * per);
+        good[i] = 1;
+      } catch (const std::exception& e) {
+        good[i] = 0;
+        errors[i] = e.what();
+      }
+    }
+    // Compact the good images to the front so the encoder sees one dense batch.
+    int m = 0;
+    std::vector<int64_t> idx;
+    for (int i = 0; i < b; ++i) {
+      if (!good[i]) {
+        r.failed.emplace_back(s + i, errors[i]);
+        continue;
+      }
+      if (m != i) std::copy(pixels.begin() + i * per, pixels.begin() + (i + 1) * per, pixels.begin() + m * per);
+      idx.push_back(s + i);
+      ++m;
+    }
+    if (m > 0) {
+      enc.forward(pixels.data(), m, out.data(), threads);
+      if (opt.normalize) l2_normalize_rows(out.data(), m, d, "encoder output");
+      r.embeddings.insert(r.embeddings.end(), out.begin(), out.begin() + m * d);
+      r.ok.insert(r.ok.end(), idx.begin(), idx.end());
+    }
+    if (opt.progress) opt.progress(s + b, n);
+  }
+  return r;
+}
+
+std::vector<LabeledImage> scan_image_folder(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw Error(dir + ": not a directory");
+  std::vector<LabeledImage> out;
+  for (const auto& cls : fs::directory_iterator(dir)) {
+    if (!cls.is_directory()) continue;
+    std::string label = cls.path().filename().string();
+    for (const auto& f : fs::recursive_directory_iterator(cls.path())) {
+      if (!f.is_regular_file() || !is_image_path(f.path().string())) continue;
+      LabeledImage li;
+      li.path = f.path().string();
+      li.id = f.path().lexically_relative(fs::path(dir)).generic_string();
+      li.label = label;
+      out.push_back(std::move(li));
+    }
+  }
+  std::sort(out.begin(), out.end(),
+            [](const LabeledImage& a, const LabeledImage& b) { return std::tie(a.label, a.id) < std::tie(b.label, b.id); });
+  return out;
+}
+
+}  // namespace vismem

@@ -1,0 +1,920 @@
+#include "vit.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+#include <utility>
+
+#include "error.h"
+#include "fastmath.h"
+#include "hash.h"
+#include "linalg.h"
+#include "safetensors.h"
+#include "team.h"
+
+namespace vismem {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ---------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------
+
+namespace {
+
+int json_int(const json& j, const char* key, int def, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  const json& v = j[key];
+  // image_size may be [h, w] in some configs; we support square only.
+  if (v.is_array() && v.size() == 2 && v[0].is_number_integer() && v[0] == v[1]) return v[0].get<int>();
+  if (!v.is_number_integer()) throw Error(where + ": '" + key + "' is not an integer");
+  const int64_t x = v.get<int64_t>();
+  if (x < 0 || x > (1 << 20)) throw Error(where + ": '" + key + "' = " + std::to_string(x) + " is out of range");
+  return static_cast<int>(x);
+}
+
+double json_num(const json& j, const char* key, double def, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  if (!j[key].is_number()) throw Error(where + ": '" + key + "' is not a number");
+  return j[key].get<double>();
+}
+
+bool json_bool(const json& j, const char* key, bool def, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  if (!j[key].is_boolean()) throw Error(where + ": '" + key + "' is not a boolean");
+  return j[key].get<bool>();
+}
+
+std::string json_str(const json& j, const char* key, const std::string& def, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  if (!j[key].is_string()) throw Error(where + ": '" + key + "' is not a string");
+  return j[key].get<std::string>();
+}
+
+VitConfig::Act parse_act(const std::string& s, const std::string& where) {
+  if (s == "gelu") return VitConfig::Act::gelu;
+  if (s == "gelu_new" || s == "gelu_pytorch_tanh" || s == "gelu_fast") return VitConfig::Act::gelu_tanh;
+  if (s == "quick_gelu") return VitConfig::Act::quick_gelu;
+  if (s == "silu" || s == "swish") return VitConfig::Act::silu;
+  if (s == "relu") return VitConfig::Act::relu;
+  throw Error(where + ": hidden_act '" + s + "' is not supported");
+}
+
+std::string read_file_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot open " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+void VitConfig::validate() const {
+  auto bad = [](const std::string& what) { throw Error("ViT config: " + what); };
+  if (hidden <= 0 || layers <= 0 || heads <= 0 || mlp <= 0 || patch <= 0 || channels <= 0)
+    bad("sizes must be positive");
+  if (hidden % heads != 0)
+    bad("hidden_size " + std::to_string(hidden) + " is not a multiple of num_attention_heads " +
+        std::to_string(heads));
+  if (image_size < patch) bad("image_size " + std::to_string(image_size) + " is smaller than patch_size");
+  if (registers < 0) bad("num_register_tokens is negative");
+  if (!(ln_eps > 0)) bad("layer_norm_eps must be positive");
+  if (proj_dim < 0) bad("projection_dim is negative");
+  if (channels != 3) bad("num_channels " + std::to_string(channels) + " (vismem encoders take RGB)");
+}
+
+VitConfig VitConfig::from_json(const std::string& text, const std::string& where) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(where + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!j.is_object()) throw Error(where + ": not a JSON object");
+  const std::string mt = json_str(j, "model_type", "", where);
+  std::vector<std::string> archs;
+  if (j.contains("architectures") && j["architectures"].is_array())
+    for (const auto& a : j["architectures"])
+      if (a.is_string()) archs.push_back(a.get<std::string>());
+  auto has_arch = [&](const char* a) { return std::find(archs.begin(), archs.end(), a) != archs.end(); };
+
+  // model_type decides; architectures only when model_type is absent.
+  enum { unknown, dino, dino_reg, clip_full, clip_vision } kind = unknown;
+  if (mt == "dinov2") kind = dino;
+  else if (mt == "dinov2_with_registers") kind = dino_reg;
+  else if (mt == "clip") kind = clip_full;
+  else if (mt == "clip_vision_model") kind = clip_vision;
+  else if (mt.empty()) {
+    if (has_arch("Dinov2Model")) kind = dino;
+    else if (has_arch("Dinov2WithRegistersModel")) kind = dino_reg;
+    else if (has_arch("CLIPModel")) kind = clip_full;
+    else if (has_arch("CLIPVisionModelWithProjection") || has_arch("CLIPVisionModel")) kind = clip_vision;
+  }
+  if (kind == unknown)
+    throw Error(where + ": model_type '" + mt +
+                "' is not a ViT vismem reads (dinov2, dinov2_with_registers, clip, clip_vision_model)");
+
+  VitConfig c;
+  if (kind == dino || kind == dino_reg) {
+    // Dinov2Config / Dinov2WithRegistersConfig defaults.
+    c.family = Family::dinov2;
+    c.hidden = json_int(j, "hidden_size", 768, where);
+    c.layers = json_int(j, "num_hidden_layers", 12, where);
+    c.heads = json_int(j, "num_attention_heads", 12, where);
+    const double mlp_ratio = json_num(j, "mlp_ratio", 4.0, where);
+    c.patch = json_int(j, "patch_size", 14, where);
+    c.image_size = json_int(j, "image_size", 224, where);
+    c.channels = json_int(j, "num_channels", 3, where);
+    c.ln_eps = static_cast<float>(json_num(j, "layer_norm_eps", 1e-6, where));
+    c.act = parse_act(json_str(j, "hidden_act", "gelu", where), where);
+    c.qkv_bias = json_bool(j, "qkv_bias", true, where);
+    c.swiglu = json_bool(j, "use_swiglu_ffn", false, where);
+    c.layerscale = true;
+    // HF: hidden_features = int(hidden_size * mlp_ratio); SwiGLU rounds 2/3 of it up to a multiple of 8.
+    const int hf = static_cast<int>(c.hidden * mlp_ratio);
+    c.mlp = c.swiglu ? (static_cast<int>(hf * 2.0 / 3.0) + 7) / 8 * 8 : hf;
+    if (kind == dino_reg) {
+      c.registers = json_int(j, "num_register_tokens", 4, where);
+      c.antialias_pos = true;
+    }
+  } else {
+    // CLIPVisionConfig defaults; CLIPModel keeps them under vision_config and
+    // projection_dim at the top level (vision_config.projection_dim is unused there).
+    c.family = Family::clip;
+    json v = j;
+    if (kind == clip_full) {
+      v = j.contains("vision_config") && j["vision_config"].is_object() ? j["vision_config"] : json::object();
+    }
+    c.hidden = json_int(v, "hidden_size", 768, where);
+    c.mlp = json_int(v, "intermediate_size", 3072, where);
+    c.layers = json_int(v, "num_hidden_layers", 12, where);
+    c.heads = json_int(v, "num_attention_heads", 12, where);
+    c.patch = json_int(v, "patch_size", 32, where);
+    c.image_size = json_int(v, "image_size", 224, where);
+    c.channels = json_int(v, "num_channels", 3, where);
+    c.ln_eps = static_cast<float>(json_num(v, "layer_norm_eps", 1e-5, where));
+    c.act = parse_act(json_str(v, "hidden_act", "quick_gelu", where), where);
+    c.qkv_bias = true;
+    c.layerscale = false;
+    c.prefix = "vision_model.";
+    // A bare CLIPVisionModel has no visual_projection: its embedding is the pooler.
+    const bool bare = kind == clip_vision && has_arch("CLIPVisionModel") && !has_arch("CLIPVisionModelWithProjection");
+    c.proj_dim = bare ? 0 : json_int(j, "projection_dim", 512, where);
+  }
+  c.validate();
+  return c;
+}
+
+VitConfig VitConfig::dinov2_vits14() {
+  VitConfig c;
+  c.hidden = 384;
+  c.heads = 6;
+  c.mlp = 1536;
+  c.image_size = 518;
+  return c;
+}
+
+VitConfig VitConfig::dinov2_vitb14() {
+  VitConfig c;
+  c.image_size = 518;
+  return c;
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+VitModel load_vit_model(const std::string& dir) {
+  const std::string cfg_path = (fs::path(dir) / "config.json").string();
+  VitModel m;
+  m.config = VitConfig::from_json(read_file_text(cfg_path), cfg_path);
+  m.dir = dir;
+  SafeTensors st = SafeTensors::open(dir);
+  m.files = st.files();
+  VitConfig& c = m.config;
+
+  // Checkpoints saved from a task model carry the backbone under a prefix.
+  if (c.family == VitConfig::Family::dinov2) {
+    c.prefix = st.has("embeddings.cls_token") ? "" : (st.has("dinov2.embeddings.cls_token") ? "dinov2." : "");
+  } else {
+    c.prefix = st.has("vision_model.embeddings.class_embedding") ? "vision_model." : "";
+  }
+  const int64_t D = c.hidden, M = c.mlp, C = c.channels, p = c.patch, N = int64_t(c.grid()) * c.grid();
+  auto get = [&](const std::string& key, std::vector<int64_t> shape) { return st.to_float(c.prefix + key, shape); };
+  auto zeros = [](int64_t k) { return std::vector<float>(static_cast<size_t>(k), 0.0f); };
+  VitWeights& w = m.weights;
+
+  if (c.family == VitConfig::Family::dinov2) {
+    w.patch_w = get("embeddings.patch_embeddings.projection.weight", {D, C, p, p});
+    w.patch_b = get("embeddings.patch_embeddings.projection.bias", {D});
+    w.cls = get("embeddings.cls_token", {1, 1, D});
+    w.pos = get("embeddings.position_embeddings", {1, N + 1, D});
+    if (c.registers > 0) w.registers = get("embeddings.register_tokens", {1, c.registers, D});
+    for (int i = 0; i < c.layers; ++i) {
+      const std::string l = "encoder.layer." + std::to_string(i) + ".";
+      VitLayerWeights L;
+      L.ln1_w = get(l + "norm1.weight", {D});
+      L.ln1_b = get(l + "norm1.bias", {D});
+      L.qkv_w.reserve(3 * D * D);
+      L.qkv_b.reserve(3 * D);
+      for (const char* name : {"query", "key", "value"}) {
+        auto wq = get(l + "attention.attention." + name + ".weight", {D, D});
+        auto bq = c.qkv_bias ? get(l + "attention.attention." + name + ".bias", {D}) : zeros(D);
+        L.qkv_w.insert(L.qkv_w.end(), wq.begin(), wq.end());
+        L.qkv_b.insert(L.qkv_b.end(), bq.begin(), bq.end());
+      }
+      L.out_w = get(l + "attention.output.dense.weight", {D, D});
+      L.out_b = get(l + "attention.output.dense.bias", {D});
+      L.ls1 = get(l + "layer_scale1.lambda1", {D});
+      L.ln2_w = get(l + "norm2.weight", {D});
+      L.ln2_b = get(l + "norm2.bias", {D});
+      if (c.swiglu) {
+        L.fc1_w = get(l + "mlp.weights_in.weight", {2 * M, D});
+        L.fc1_b = get(l + "mlp.weights_in.bias", {2 * M});
+        L.fc2_w = get(l + "mlp.weights_out.weight", {D, M});
+        L.fc2_b = get(l + "mlp.weights_out.bias", {D});
+      } else {
+        L.fc1_w = get(l + "mlp.fc1.weight", {M, D});
+        L.fc1_b = get(l + "mlp.fc1.bias", {M});
+        L.fc2_w = get(l + "mlp.fc2.weight", {D, M});
+        L.fc2_b = get(l + "mlp.fc2.bias", {D});
+      }
+      L.ls2 = get(l + "layer_scale2.lambda1", {D});
+      w.layers.push_back(std::move(L));
+    }
+    w.final_ln_w = get("layernorm.weight", {D});
+    w.final_ln_b = get("layernorm.bias", {D});
+  } else {
+    w.patch_w = get("embeddings.patch_embedding.weight", {D, C, p, p});
+    w.patch_b = zeros(D);
+    w.cls = get("embeddings.class_embedding", {D});
+    w.pos = get("embeddings.position_embedding.weight", {N + 1, D});
+    w.pre_ln_w = get("pre_layrnorm.weight", {D});
+    w.pre_ln_b = get("pre_layrnorm.bias", {D});
+    for (int i = 0; i < c.layers; ++i) {
+      const std::string l = "encoder.layers." + std::to_string(i) + ".";
+      VitLayerWeights L;
+      L.ln1_w = get(l + "layer_norm1.weight", {D});
+      L.ln1_b = get(l + "layer_norm1.bias", {D});
+      for (const char* name : {"q_proj", "k_proj", "v_proj"}) {
+        auto wq = get(l + "self_attn." + name + ".weight", {D, D});
+        auto bq = get(l + "self_attn." + name + ".bias", {D});
+        L.qkv_w.insert(L.qkv_w.end(), wq.begin(), wq.end());
+        L.qkv_b.insert(L.qkv_b.end(), bq.begin(), bq.end());
+      }
+      L.out_w = get(l + "self_attn.out_proj.weight", {D, D});
+      L.out_b = get(l + "self_attn.out_proj.bias", {D});
+      L.ln2_w = get(l + "layer_norm2.weight", {D});
+      L.ln2_b = get(l + "layer_norm2.bias", {D});
+      L.fc1_w = get(l + "mlp.fc1.weight", {M, D});
+      L.fc1_b = get(l + "mlp.fc1.bias", {M});
+      L.fc2_w = get(l + "mlp.fc2.weight", {D, M});
+      L.fc2_b = get(l + "mlp.fc2.bias", {D});
+      w.layers.push_back(std::move(L));
+    }
+    w.final_ln_w = get("post_layernorm.weight", {D});
+    w.final_ln_b = get("post_layernorm.bias", {D});
+    if (c.proj_dim > 0) {
+      // visual_projection sits beside vision_model, never under it.
+      w.proj = st.to_float("visual_projection.weight", {c.proj_dim, D});
+    }
+  }
+  return m;
+}
+
+VitModel random_vit_model(const VitConfig& c, uint64_t seed) {
+  c.validate();
+  VitModel m;
+  m.config = c;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  auto rnd = [&](int64_t k) {
+    std::vector<float> v(static_cast<size_t>(k));
+    for (auto& x : v) x = nd(rng);
+    return v;
+  };
+  auto ones = [](int64_t k) { return std::vector<float>(static_cast<size_t>(k), 1.0f); };
+  const int64_t D = c.hidden, M = c.mlp, K = int64_t(c.channels) * c.patch * c.patch, N = int64_t(c.grid()) * c.grid();
+  const int64_t M1 = c.swiglu ? 2 * M : M;
+  VitWeights& w = m.weights;
+  w.patch_w = rnd(D * K);
+  w.patch_b = rnd(D);
+  w.cls = rnd(D);
+  w.registers = rnd(int64_t(c.registers) * D);
+  w.pos = rnd((N + 1) * D);
+  if (c.family == VitConfig::Family::clip) {
+    w.pre_ln_w = ones(D);
+    w.pre_ln_b = rnd(D);
+  }
+  for (int i = 0; i < c.layers; ++i) {
+    VitLayerWeights L;
+    L.ln1_w = ones(D);
+    L.ln1_b = rnd(D);
+    L.qkv_w = rnd(3 * D * D);
+    L.qkv_b = rnd(3 * D);
+    L.out_w = rnd(D * D);
+    L.out_b = rnd(D);
+    L.ln2_w = ones(D);
+    L.ln2_b = rnd(D);
+    L.fc1_w = rnd(M1 * D);
+    L.fc1_b = rnd(M1);
+    L.fc2_w = rnd(D * M);
+    L.fc2_b = rnd(D);
+    if (c.layerscale) {
+      L.ls1 = ones(D);
+      L.ls2 = ones(D);
+    }
+    w.layers.push_back(std::move(L));
+  }
+  w.final_ln_w = ones(D);
+  w.final_ln_b = rnd(D);
+  if (c.proj_dim > 0) w.proj = rnd(int64_t(c.proj_dim) * D);
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// Bicubic resize of the position-embedding grid (PyTorch's CPU kernels)
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// aten/src/ATen/native/UpSample.h: cubic convolution with A = -0.75.
+inline float cubic1(float x, float A) { return ((A + 2) * x - (A + 3)) * x * x + 1; }
+inline float cubic2(float x, float A) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; }
+
+struct Taps {
+  std::vector<int> index;     // [out, ntaps]
+  std::vector<float> weight;  // [out, ntaps]
+  int ntaps = 0;
+};
+
+// Plain bicubic, align_corners=False: the source coordinate is
+// scale * (i + 0.5) - 0.5 with scale = in / out (size= given, no scale_factor),
+// four taps with indices clamped to the border.
+Taps cubic_taps(int in, int out) {
+  Taps t;
+  t.ntaps = 4;
+  t.index.resize(size_t(out) * 4);
+  t.weight.resize(size_t(out) * 4);
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  for (int i = 0; i < out; ++i) {
+    const float real = scale * (static_cast<float>(i) + 0.5f) - 0.5f;
+    const int64_t idx = std::min<int64_t>(static_cast<int64_t>(std::floor(real)), in - 1);
+    const float lam = std::min(std::max(real - static_cast<float>(idx), 0.0f), 1.0f);
+    const float A = -0.75f;
+    const float c[4] = {cubic2(lam + 1.0f, A), cubic1(lam, A), cubic1(1.0f - lam, A), cubic2(1.0f - lam + 1.0f, A)};
+    for (int j = 0; j < 4; ++j) {
+      t.index[size_t(i) * 4 + j] = static_cast<int>(std::clamp<int64_t>(idx - 1 + j, 0, in - 1));
+      t.weight[size_t(i) * 4 + j] = c[j];
+    }
+  }
+  return t;
+}
+
+// PIL's bicubic (a = -0.5), which torch uses when antialias=True.
+inline float aa_cubic(float x) {
+  const double a = -0.5;
+  if (x < 0) x = -x;
+  if (x < 1.0) return static_cast<float>(((a + 2.0) * x - (a + 3.0)) * x * x + 1);
+  if (x < 2.0) return static_cast<float>((((x - 5) * x + 8) * x - 4) * a);
+  return 0.0f;
+}
+
+// antialias=True: the filter is stretched by the scale when shrinking, taps are
+// cut at the border (not clamped) and the weights renormalized.
+Taps aa_taps(int in, int out) {
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  const float support = scale >= 1.0f ? 2.0f * scale : 2.0f;
+  const float invscale = scale >= 1.0f ? 1.0f / scale : 1.0f;
+  Taps t;
+  t.ntaps = static_cast<int>(std::ceil(support)) * 2 + 1;
+  t.index.assign(size_t(out) * t.ntaps, 0);
+  t.weight.assign(size_t(out) * t.ntaps, 0.0f);
+  for (int i = 0; i < out; ++i) {
+    const float center = static_cast<float>(scale * (i + 0.5));
+    const int64_t xmin = std::max<int64_t>(static_cast<int64_t>(center - support + 0.5), 0);
+    int64_t xsize = std::min<int64_t>(static_cast<int64_t>(center + support + 0.5), in) - xmin;
+    xsize = std::clamp<int64_t>(xsize, 0, t.ntaps);
+    float total = 0.0f;
+    float* wt = &t.weight[size_t(i) * t.ntaps];
+    for (int64_t j = 0; j < xsize; ++j) {
+      const float wv = aa_cubic(static_cast<float>((j + xmin - center + 0.5) * invscale));
+      wt[j] = wv;
+      total += wv;
+    }
+    for (int64_t j = 0; j < t.ntaps; ++j) {
+      if (j < xsize && total != 0.0f) wt[j] /= total;
+      // Unused taps point at a valid row with weight 0.
+      t.index[size_t(i) * t.ntaps + j] = static_cast<int>(std::min<int64_t>(xmin + j, in - 1));
+      if (j >= xsize) wt[j] = 0.0f;
+    }
+  }
+  return t;
+}
+
+}  // namespace
+
+void resize_bicubic(const float* in, int ih, int iw, int c, float* out, int oh, int ow, bool antialias) {
+  if (ih <= 0 || iw <= 0 || oh <= 0 || ow <= 0 || c <= 0) throw Error("resize_bicubic: empty grid");
+  if (!antialias) {
+    // One 2-D pass like torch's generic kernel: rows outer, columns inner.
+    const Taps ty = cubic_taps(ih, oh), tx = cubic_taps(iw, ow);
+    std::vector<float> row(c);
+    for (int oy = 0; oy < oh; ++oy)
+      for (int ox = 0; ox < ow; ++ox) {
+        float* o = out + (size_t(oy) * ow + ox) * c;
+        std::fill(o, o + c, 0.0f);
+        for (int a = 0; a < 4; ++a) {
+          std::fill(row.begin(), row.end(), 0.0f);
+          for (int b = 0; b < 4; ++b) {
+            const float wx = tx.weight[size_t(ox) * 4 + b];
+            const float* src = in + (size_t(ty.index[size_t(oy) * 4 + a]) * iw + tx.index[size_t(ox) * 4 + b]) * c;
+            for (int k = 0; k < c; ++k) row[k] += wx * src[k];
+          }
+          const float wy = ty.weight[size_t(oy) * 4 + a];
+          for (int k = 0; k < c; ++k) o[k] += wy * row[k];
+        }
+      }
+    return;
+  }
+  // Separable like torch's antialiased kernel: columns first, then rows.
+  const Taps ty = aa_taps(ih, oh), tx = aa_taps(iw, ow);
+  std::vector<float> tmp(size_t(ih) * ow * c, 0.0f);
+  for (int y = 0; y < ih; ++y)
+    for (int ox = 0; ox < ow; ++ox) {
+      float* o = &tmp[(size_t(y) * ow + ox) * c];
+      for (int j = 0; j < tx.ntaps; ++j) {
+        const float wv = tx.weight[size_t(ox) * tx.ntaps + j];
+        const float* src = in + (size_t(y) * iw + tx.index[size_t(ox) * tx.ntaps + j]) * c;
+        for (int k = 0; k < c; ++k) o[k] += wv * src[k];
+      }
+    }
+  for (int oy = 0; oy < oh; ++oy)
+    for (int ox = 0; ox < ow; ++ox) {
+      float* o = out + (size_t(oy) * ow + ox) * c;
+      std::fill(o, o + c, 0.0f);
+      for (int j = 0; j < ty.ntaps; ++j) {
+        const float wv = ty.weight[size_t(oy) * ty.ntaps + j];
+        const float* src = &tmp[(size_t(ty.index[size_t(oy) * ty.ntaps + j]) * ow + ox) * c];
+        for (int k = 0; k < c; ++k) o[k] += wv * src[k];
+      }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// Images per forward chunk for one worker. sgemm re-packs the weight matrix on
+// every call; 4 images (1028 rows at 224 px) cut that packing from ~10% of the
+// run time to ~3% (perf, ViT-S/14, one thread) while the activations stay small.
+constexpr int kMaxChunk = 4;
+
+// Per-thread arena, allocated once per vit_forward call for `b` images of T tokens.
+// R = b*T rows, D hidden, M mlp width (SwiGLU: 2M for fc1's output), G patches, K = C*p*p.
+struct Scratch {
+  std::vector<float> patches;  // [b*G, K] im2col of the patch conv
+  std::vector<float> x;        // [R, D] residual stream
+  std::vector<float> xn;       // [R, D] LayerNorm output
+  std::vector<float> qkv;      // [R, 3D] q | k | v per token
+  std::vector<float> ctx;      // [R, D] attention output, heads side by side
+  std::vector<float> tmp;      // [R, D] projection outputs before the residual add
+  std::vector<float> mid;      // [R, M1] MLP hidden (M1 = M, or 2M for SwiGLU)
+  std::vector<float> att;      // [P, T, T] one head's attention probabilities per thread
+  std::vector<float> pooler;   // [b, D] final LayerNorm of CLS
+
+  Scratch(const VitConfig& c, int b, int T, int G, int P) {
+    const size_t R = size_t(b) * T, D = c.hidden, K = size_t(c.channels) * c.patch * c.patch;
+    const size_t M1 = size_t(c.swiglu ? 2 * c.mlp : c.mlp);
+    patches.resize(size_t(b) * G * K);
+    x.resize(R * D);
+    xn.resize(R * D);
+    qkv.resize(R * 3 * D);
+    ctx.resize(R * D);
+    tmp.resize(R * D);
+    mid.resize(R * M1);
+    att.resize(size_t(P) * T * T);
+    pooler.resize(size_t(b) * D);
+  }
+};
+
+// y[r] = LayerNorm(x[r]) * g + b for `rows` rows; rows are ldx / ldy apart
+// (so the CLS rows of a batch, T*D apart, are normalized without a gather).
+void layer_norm_rows(const float* x, int64_t ldx, int64_t rows, int D, const float* g, const float* b, float eps,
+                     float* y, int64_t ldy) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    float* yr = y + r * ldy;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int k = 0; k < D; ++k) sum += xr[k];
+    const float mean = sum / D;
+    float var = 0.0f;
+#pragma omp simd reduction(+ : var)
+    for (int k = 0; k < D; ++k) var += (xr[k] - mean) * (xr[k] - mean);
+    const float rstd = 1.0f / std::sqrt(var / D + eps);
+    for (int k = 0; k < D; ++k) yr[k] = (xr[k] - mean) * rstd * g[k] + b[k];
+  }
+}
+
+// In place over rows of length n: softmax.
+void softmax_rows(float* a, int64_t rows, int n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* ar = a + r * n;
+    // 16 independent lanes: a single running max is a serial dependency chain
+    // (GCC does not vectorize the max reduction by itself).
+    float lane[16];
+    std::fill(lane, lane + 16, ar[0]);
+    int k0 = 0;
+    for (; k0 + 16 <= n; k0 += 16)
+      for (int j = 0; j < 16; ++j) lane[j] = ar[k0 + j] > lane[j] ? ar[k0 + j] : lane[j];
+    for (; k0 < n; ++k0) lane[0] = ar[k0] > lane[0] ? ar[k0] : lane[0];
+    float mx = lane[0];
+    for (int j = 1; j < 16; ++j) mx = lane[j] > mx ? lane[j] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int k = 0; k < n; ++k) {
+      ar[k] = fast_exp(ar[k] - mx);
+      sum += ar[k];
+    }
+    const float inv = 1.0f / sum;
+    for (int k = 0; k < n; ++k) ar[k] *= inv;
+  }
+}
+
+// h[r, j] = act(h[r, j] + bias[j]) for rows x columns [c0, c1), row stride ld.
+void bias_act(float* h, int64_t rows, int64_t c0, int64_t c1, int64_t ld, const float* bias, VitConfig::Act act) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* hr = h + r * ld;
+    switch (act) {
+      case VitConfig::Act::gelu:
+        for (int64_t k = c0; k < c1; ++k) hr[k] = gelu_erf(hr[k] + bias[k]);
+        break;
+      case VitConfig::Act::gelu_tanh:
+        for (int64_t k = c0; k < c1; ++k) hr[k] = gelu_tanh(hr[k] + bias[k]);
+        break;
+      case VitConfig::Act::quick_gelu:
+        for (int64_t k = c0; k < c1; ++k) hr[k] = quick_gelu(hr[k] + bias[k]);
+        break;
+      case VitConfig::Act::silu:
+        for (int64_t k = c0; k < c1; ++k) hr[k] = silu(hr[k] + bias[k]);
+        break;
+      case VitConfig::Act::relu:
+        for (int64_t k = c0; k < c1; ++k) hr[k] = std::max(hr[k] + bias[k], 0.0f);
+        break;
+    }
+  }
+}
+
+// SwiGLU: h[r, :M] = silu(h[r, :M] + b[:M]) * (h[r, M:] + b[M:]), in place; ld = 2M.
+void swiglu_rows(float* h, int64_t r0, int64_t r1, int M, const float* bias) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float* hr = h + r * 2 * M;
+    for (int k = 0; k < M; ++k) hr[k] = silu(hr[k] + bias[k]) * (hr[M + k] + bias[M + k]);
+  }
+}
+
+// x[row(i,q), c0:c1] += ls * (t[i*nq + q, c0:c1] + bias) for the nq continuing
+// rows of each image; row(i,q) = i*T + q. ls may be empty (CLIP: no LayerScale).
+void residual_add(float* x, const float* t, int b, int T, int nq, int D, int64_t c0, int64_t c1, const float* bias,
+                  const std::vector<float>& ls) {
+  for (int i = 0; i < b; ++i)
+    for (int q = 0; q < nq; ++q) {
+      float* xr = x + (int64_t(i) * T + q) * D;
+      const float* tr = t + (int64_t(i) * nq + q) * D;
+      if (ls.empty())
+        for (int64_t k = c0; k < c1; ++k) xr[k] += tr[k] + bias[k];
+      else
+        for (int64_t k = c0; k < c1; ++k) xr[k] += ls[k] * (tr[k] + bias[k]);
+    }
+}
+
+// C[m, n] = A[m, k] W^T for W [n, k], then epi(c0, c1) on the output columns
+// [c0, c1). With P > 1 the output columns are split over P OpenMP threads (each
+// sgemm single-threaded): splitting columns splits the weights, so no thread
+// packs more of W than it multiplies, and each epilogue touches only its columns.
+template <class Epilogue>
+void linear(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, float* c, int64_t ldc,
+            Team& team, Epilogue&& epi) {
+  const int P = team.size();
+  if (P == 1) {
+    matmul(m, n, k, a, lda, w, k, c, ldc, true);
+    epi(int64_t(0), n);
+    return;
+  }
+  const int64_t step = ((n + P - 1) / P + 15) / 16 * 16;  // whole 64-byte vectors per thread
+  team.run(P, [&](int64_t t, int) {
+    const int64_t c0 = t * step, c1 = std::min(n, c0 + step);
+    if (c0 < c1) {
+      matmul(m, c1 - c0, k, a, lda, w + c0 * k, k, c + c0, ldc, true);
+      epi(c0, c1);
+    }
+  });
+}
+
+// layer_norm_rows split by rows over the team.
+void layer_norm_par(const float* x, int64_t ldx, int64_t rows, int D, const float* g, const float* b, float eps,
+                    float* y, int64_t ldy, Team& team) {
+  const int P = team.size();
+  if (P == 1 || rows < 2 * P) {
+    layer_norm_rows(x, ldx, rows, D, g, b, eps, y, ldy);
+    return;
+  }
+  team.run(P, [&](int64_t t, int) {
+    const int64_t r0 = rows * t / P, r1 = rows * (t + 1) / P;
+    layer_norm_rows(x + r0 * ldx, ldx, r1 - r0, D, g, b, eps, y + r0 * ldy, ldy);
+  });
+}
+
+// One pre-norm transformer block over b images of T tokens. nq = T computes every
+// token's output; nq = 1 only the CLS token's (enough for the last block when
+// only the pooled output is wanted: K and V still come from all tokens).
+// team: the threads inside the block (columns of each linear layer, heads of the
+// attention; team.h explains why not OpenMP); a team of 1 when whole images are
+// spread over threads instead.
+void block(const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T, int nq, Team& team) {
+  const int P = team.size();
+  const int D = c.hidden, H = c.heads, dh = c.head_dim(), M = c.mlp;
+  const int64_t R = int64_t(b) * T, Rq = int64_t(b) * nq;
+  const int64_t ldx = nq == T ? D : int64_t(T) * D;  // stride between continuing rows of x
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  float* x = s.x.data();
+  float* qkv = s.qkv.data();
+  float* tmp = s.tmp.data();
+  float* mid = s.mid.data();
+
+  // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b
+  layer_norm_par(x, D, R, D, L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, s.xn.data(), D, team);
+  linear(R, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), qkv, 3 * D, team, [&](int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t k = c0; k < c1; ++k) qkv[r * 3 * D + k] += L.qkv_b[k];
+  });
+  // ctx [Rq, D]: per image and head, att [nq, T] = softmax(q k^T * scale); ctx_h = att v
+  team.run(int64_t(b) * H, [&](int64_t ih, int worker) {
+    float* att = s.att.data() + int64_t(worker) * T * T;  // [T, T] this worker's
+    const int64_t i = ih / H, h = ih % H;
+    const float* base = qkv + i * T * 3 * D;
+    const float* q = base + h * dh;
+    const float* k = base + D + h * dh;
+    const float* v = base + 2 * D + h * dh;
+    matmul(nq, T, dh, q, 3 * D, k, 3 * D, att, T, true, scale);
+    softmax_rows(att, nq, T);
+    matmul(nq, dh, T, att, T, v, 3 * D, s.ctx.data() + i * nq * D + h * dh, D, false);
+  });
+  // tmp [Rq, D] = ctx W_o^T; x += ls1 * (tmp + b_o)
+  linear(Rq, D, D, s.ctx.data(), D, L.out_w.data(), tmp, D, team, [&](int64_t c0, int64_t c1) {
+    residual_add(x, tmp, b, T, nq, D, c0, c1, L.out_b.data(), L.ls1);
+  });
+
+  // xn [Rq, D] = LN2(x rows); mid [Rq, M1] = act(xn W1^T + b1); tmp [Rq, D] = mid W2^T
+  layer_norm_par(x, ldx, Rq, D, L.ln2_w.data(), L.ln2_b.data(), c.ln_eps, s.xn.data(), D, team);
+  const auto add_fc2 = [&](int64_t c0, int64_t c1) {
+    residual_add(x, tmp, b, T, nq, D, c0, c1, L.fc2_b.data(), L.ls2);
+  };
+  if (c.swiglu) {
+    // The gate pairs column j with M + j, so the activation runs split by rows.
+    linear(Rq, 2 * M, D, s.xn.data(), D, L.fc1_w.data(), mid, 2 * M, team, [](int64_t, int64_t) {});
+    team.run(P, [&](int64_t t, int) { swiglu_rows(mid, Rq * t / P, Rq * (t + 1) / P, M, L.fc1_b.data()); });
+    linear(Rq, D, M, mid, 2 * M, L.fc2_w.data(), tmp, D, team, add_fc2);
+  } else {
+    linear(Rq, M, D, s.xn.data(), D, L.fc1_w.data(), mid, M, team,
+           [&](int64_t c0, int64_t c1) { bias_act(mid, Rq, c0, c1, M, L.fc1_b.data(), c.act); });
+    linear(Rq, D, M, mid, M, L.fc2_w.data(), tmp, D, team, add_fc2);
+  }
+}
+
+// Forward of b images (pixels [b, C, h, w]); pos [1+G, D] already resized to
+// the grid. Writes emb [b, dim()], pooler [b, D], last_hidden [b, T, D] where non-null.
+void forward_chunk(const VitModel& m, const float* pos, const float* pixels, int b, int h, int w, Team& team,
+                   Scratch& s, float* emb, float* pooler, float* last_hidden) {
+  const VitConfig& c = m.config;
+  const VitWeights& W = m.weights;
+  const int D = c.hidden, p = c.patch, C = c.channels, gh = h / p, gw = w / p, G = gh * gw;
+  const int T = c.tokens(h, w), K = C * p * p, first_patch = 1 + c.registers;
+
+  // patches [b*G, K]: row (i, gy, gx), column (ch, ky, kx) as the conv weight is laid out.
+  for (int i = 0; i < b; ++i) {
+    const float* img = pixels + int64_t(i) * C * h * w;
+    for (int gy = 0; gy < gh; ++gy)
+      for (int gx = 0; gx < gw; ++gx) {
+        float* row = s.patches.data() + (int64_t(i) * G + gy * gw + gx) * K;
+        for (int ch = 0; ch < C; ++ch)
+          for (int ky = 0; ky < p; ++ky) {
+            const float* src = img + (int64_t(ch) * h + gy * p + ky) * w + gx * p;
+            std::copy(src, src + p, row + (ch * p + ky) * p);
+          }
+      }
+  }
+  // x [b*T, D]: CLS + pos[0], registers (no position), patch conv + bias + pos[1+g]
+  for (int i = 0; i < b; ++i) {
+    float* xi = s.x.data() + int64_t(i) * T * D;
+    linear(G, D, K, s.patches.data() + int64_t(i) * G * K, K, W.patch_w.data(), xi + int64_t(first_patch) * D, D,
+           team, [](int64_t, int64_t) {});
+    for (int k = 0; k < D; ++k) xi[k] = W.cls[k] + pos[k];
+    if (c.registers > 0) std::copy(W.registers.begin(), W.registers.end(), xi + D);
+    for (int g = 0; g < G; ++g) {
+      float* xr = xi + int64_t(first_patch + g) * D;
+      const float* pr = pos + int64_t(1 + g) * D;
+      for (int k = 0; k < D; ++k) xr[k] = (xr[k] + W.patch_b[k]) + pr[k];
+    }
+  }
+  if (c.family == VitConfig::Family::clip)
+    layer_norm_par(s.x.data(), D, int64_t(b) * T, D, W.pre_ln_w.data(), W.pre_ln_b.data(), c.ln_eps, s.x.data(), D,
+                   team);
+
+  for (int l = 0; l < c.layers; ++l) {
+    const bool cls_only = l == c.layers - 1 && last_hidden == nullptr;
+    block(c, W.layers[l], s, b, T, cls_only ? 1 : T, team);
+  }
+
+  // pooler [b, D] = final LN of the CLS rows (T*D apart)
+  float* pool = s.pooler.data();
+  layer_norm_rows(s.x.data(), int64_t(T) * D, b, D, W.final_ln_w.data(), W.final_ln_b.data(), c.ln_eps, pool, D);
+  if (pooler) std::copy(pool, pool + int64_t(b) * D, pooler);
+  if (last_hidden) {
+    if (c.family == VitConfig::Family::dinov2)  // Dinov2Model's last_hidden_state is after the final LN
+      layer_norm_par(s.x.data(), D, int64_t(b) * T, D, W.final_ln_w.data(), W.final_ln_b.data(), c.ln_eps,
+                     last_hidden, D, team);
+    else  // CLIP's is the encoder output; post_layernorm only touches the pooled CLS
+      std::copy(s.x.begin(), s.x.begin() + int64_t(b) * T * D, last_hidden);
+  }
+  if (emb) {
+    if (c.proj_dim > 0)
+      matmul(b, c.proj_dim, D, pool, D, W.proj.data(), D, emb, c.proj_dim, true);
+    else
+      std::copy(pool, pool + int64_t(b) * D, emb);
+  }
+}
+
+// The position embeddings for an h x w input: [1+G, D]. DINOv2 interpolates as
+// HF's interpolate_pos_encoding (skipped when the patch count matches and h == w).
+std::vector<float> position_embeddings(const VitModel& m, int h, int w) {
+  const VitConfig& c = m.config;
+  const int D = c.hidden, gh = h / c.patch, gw = w / c.patch, n = c.grid();
+  const std::vector<float>& pos = m.weights.pos;
+  if (c.family == VitConfig::Family::clip) {
+    if (h != c.image_size || w != c.image_size)
+      throw Error("CLIP takes " + std::to_string(c.image_size) + "x" + std::to_string(c.image_size) +
+                  " inputs (its config's image_size), got " + std::to_string(h) + "x" + std::to_string(w));
+    return pos;
+  }
+  if (gh * gw == n * n && h == w) return pos;
+  std::vector<float> out(size_t(1 + gh * gw) * D);
+  std::copy(pos.begin(), pos.begin() + D, out.begin());
+  resize_bicubic(pos.data() + D, n, n, D, out.data() + D, gh, gw, c.antialias_pos);
+  return out;
+}
+
+void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, int threads, VitSplit split, float* emb,
+                 float* pooler, float* last_hidden) {
+  const VitConfig& c = m.config;
+  if (n < 0) throw Error("vit_forward: negative batch size");
+  if (n == 0) return;
+  if (!pixels) throw Error("vit_forward: no pixels");
+  if (h < c.patch || w < c.patch)
+    throw Error("ViT input " + std::to_string(h) + "x" + std::to_string(w) + " is smaller than one " +
+                std::to_string(c.patch) + "-pixel patch");
+  if (m.weights.layers.size() != size_t(c.layers)) throw Error("ViT model has no weights loaded");
+  const std::vector<float> pos = position_embeddings(m, h, w);
+  const int T = c.tokens(h, w), G = (h / c.patch) * (w / c.patch), D = c.hidden, P = c.dim();
+  const int64_t img = int64_t(c.channels) * h * w;
+  if (threads <= 0) threads = default_threads();
+
+  auto run_range = [&](Scratch& s, Team& team, int start, int b) {
+    forward_chunk(m, pos.data(), pixels + start * img, b, h, w, team, s, emb ? emb + int64_t(start) * P : nullptr,
+                  pooler ? pooler + int64_t(start) * D : nullptr,
+                  last_hidden ? last_hidden + int64_t(start) * T * D : nullptr);
+  };
+
+  const bool by_images = split == VitSplit::images || (split == VitSplit::automatic && n >= threads);
+  if (threads > 1 && by_images) {
+    // Whole images per thread: no synchronization inside a forward, and each
+    // sgemm runs single-threaded on its own core.
+    set_blas_threads(1);
+    const int chunk = std::min(kMaxChunk, (n + threads - 1) / threads);
+    std::atomic<int> next{0};
+    std::vector<std::exception_ptr> errors(threads);
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        try {
+          Scratch s(c, chunk, T, G, 1);
+          Team solo(1);
+          for (int start; (start = next.fetch_add(chunk)) < n;) run_range(s, solo, start, std::min(chunk, n - start));
+        } catch (...) {
+          errors[t] = std::current_exception();
+        }
+      });
+    for (auto& th : pool) th.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+    return;
+  }
+  // Fewer images than threads: the threads share each image, splitting the
+  // columns of every linear layer and the heads of the attention (VitSplit::tokens),
+  // or, for comparison, OpenBLAS threads inside each sgemm (VitSplit::blas).
+  const int par = split == VitSplit::blas ? 1 : threads;
+  set_blas_threads(split == VitSplit::blas ? threads : 1);
+  const int chunk = std::min(kMaxChunk, n);
+  Scratch s(c, chunk, T, G, par);
+  Team team(par);
+  for (int start = 0; start < n; start += chunk) run_range(s, team, start, std::min(chunk, n - start));
+}
+
+}  // namespace
+
+VitOutputs vit_forward(const VitModel& m, const float* pixels, int n, int h, int w, int threads,
+                       bool want_last_hidden) {
+  VitOutputs o;
+  if (n < 0) throw Error("vit_forward: negative batch size");
+  const VitConfig& c = m.config;
+  o.embedding.resize(size_t(n) * c.dim());
+  o.pooler.resize(size_t(n) * c.hidden);
+  if (want_last_hidden) o.last_hidden.resize(size_t(n) * c.tokens(h, w) * c.hidden);
+  run_forward(m, pixels, n, h, w, threads, VitSplit::automatic, o.embedding.data(), o.pooler.data(),
+              want_last_hidden ? o.last_hidden.data() : nullptr);
+  return o;
+}
+
+void vit_embed(const VitModel& m, const float* pixels, int n, int h, int w, float* out, int threads,
+               VitSplit split) {
+  if (n > 0 && !out) throw Error("vit_embed: no output buffer");
+  run_forward(m, pixels, n, h, w, threads, split, out, nullptr, nullptr);
+}
+
+// ---------------------------------------------------------------------------
+// Encoder
+// ---------------------------------------------------------------------------
+
+namespace {
+
+class VitEncoder final : public Encoder {
+ public:
+  explicit VitEncoder(VitModel m) : m_(std::move(m)) {
+    const VitConfig& c = m_.config;
+    if (c.family == VitConfig::Family::dinov2) {
+      pc_ = PreprocessConfig::dinov2();
+    } else {
+      // CLIP's processor resizes and crops to the model's own image_size.
+      pc_ = PreprocessConfig::clip();
+      pc_.resize_shorter = c.image_size;
+      pc_.crop = c.image_size;
+    }
+  }
+  std::string name() const override { return m_.config.family == VitConfig::Family::dinov2 ? "dinov2" : "clip"; }
+  int dim() const override { return m_.config.dim(); }
+  int input_size() const override { return pc_.crop; }
+  const PreprocessConfig& preprocess() const override { return pc_; }
+  std::string fingerprint() const override {
+    std::call_once(fp_once_, [&] {
+      std::string acc;
+      if (!m_.dir.empty()) {
+        for (const auto& f : m_.files) acc += sha256_file(f) + "\n";
+        acc += sha256_file((fs::path(m_.dir) / "config.json").string()) + "\n";
+      } else {
+        // In-memory (random) weights: hash the values themselves.
+        auto add = [&](const std::vector<float>& v) { acc += sha256_hex(v.data(), v.size() * sizeof(float)); };
+        const VitWeights& W = m_.weights;
+        for (const auto* v : {&W.patch_w, &W.patch_b, &W.cls, &W.registers, &W.pos, &W.pre_ln_w, &W.pre_ln_b,
+                              &W.final_ln_w, &W.final_ln_b, &W.proj})
+          add(*v);
+        for (const auto& L : W.layers)
+          for (const auto* v : {&L.ln1_w, &L.ln1_b, &L.qkv_w, &L.qkv_b, &L.out_w, &L.out_b, &L.ls1, &L.ln2_w,
+                                &L.ln2_b, &L.fc1_w, &L.fc1_b, &L.fc2_w, &L.fc2_b, &L.ls2})
+            add(*v);
+      }
+      acc += pc_.describe();
+      fp_ = sha256_hex(acc.data(), acc.size());
+    });
+    return fp_;
+  }
+  void forward(const float* pixels, int n, float* out, int threads) const override {
+    vit_embed(m_, pixels, n, pc_.crop, pc_.crop, out, threads);
+  }
+
+ private:
+  VitModel m_;
+  PreprocessConfig pc_;
+  mutable std::once_flag fp_once_;
+  mutable std::string fp_;
+};
+
+}  // namespace
+
+std::unique_ptr<Encoder> make_vit_encoder(VitModel model) { return std::make_unique<VitEncoder>(std::move(model)); }
+
+std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir) { return make_vit_encoder(load_vit_model(dir)); }
+
+}  // namespace vismem
