@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"$jobs" "$@"
+if [ $# -gt 0 ]; then cmake --build build -j"$jobs" --target "$@"; else cmake --build build -j"$jobs"; fi
