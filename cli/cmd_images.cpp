@@ -5,6 +5,7 @@
 #include "error.h"
 #include "npy.h"
 #include "image.h"
+#include "memory.h"
 #include "pipeline.h"
 #include "preprocess.h"
 
@@ -14,7 +15,7 @@ namespace {
 
 // Ready inputs: uint8 (N,H,W,3) / (H,W,3) RGB at the model's size, normalized
 // with the model's preset; or float32 (N,3,H,W) pixels already normalized.
-std::vector<float> ready_pixels(const Encoder& enc, const std::string& path, int64_t& n) {
+std::vector<float> ready_pixels(const Encoder& enc, const std::string& path, int64_t& n, int& h, int& w) {
   NpyArray a = read_npy(path);
   const int S = enc.input_size();
   const PreprocessConfig& pc = enc.preprocess();
@@ -25,6 +26,7 @@ std::vector<float> ready_pixels(const Encoder& enc, const std::string& path, int
       throw Error(path + ": uint8 input must be (N," + std::to_string(S) + "," + std::to_string(S) + ",3) RGB, got " +
                   a.shape_str());
     n = sh[0];
+    h = w = S;
     std::vector<float> out(n * 3 * S * S);
     for (int64_t i = 0; i < n; ++i) {
       Image img;
@@ -35,10 +37,12 @@ std::vector<float> ready_pixels(const Encoder& enc, const std::string& path, int
     return out;
   }
   if (a.dtype == DType::f32 || a.dtype == DType::f16) {
-    if (a.shape.size() != 4 || a.shape[1] != 3 || a.shape[2] != S || a.shape[3] != S)
-      throw Error(path + ": float input must be (N,3," + std::to_string(S) + "," + std::to_string(S) + "), got " +
-                  a.shape_str());
+    if (a.shape.size() != 4 || a.shape[1] != 3)
+      throw Error(path + ": float input must be (N,3,H,W) (" + std::to_string(S) + "x" + std::to_string(S) +
+                  " for this model), got " + a.shape_str());
     n = a.shape[0];
+    h = static_cast<int>(a.shape[2]);
+    w = static_cast<int>(a.shape[3]);
     return a.to_float();
   }
   throw Error(path + ": input must be uint8 (N,H,W,3) or float32 (N,3,H,W)");
@@ -71,8 +75,11 @@ void add_image_commands(CLI::App& app) {
     if (!a->input.empty()) {
       if (!a->images.empty()) throw Error("give either image files or --input, not both");
       int64_t n = 0;
-      std::vector<float> px = ready_pixels(*enc, a->input, n);
-      std::vector<float> out = embed_pixels(*enc, px.data(), n, eo);
+      int h = 0, w = 0;
+      std::vector<float> px = ready_pixels(*enc, a->input, n, h, w);
+      std::vector<float> out(n * enc->dim());
+      enc->forward_size(px.data(), static_cast<int>(n), h, w, out.data(), a->threads);
+      if (!a->raw) l2_normalize_rows(out.data(), n, enc->dim(), "encoder output");
       write_npy_f32(a->out, out.data(), {n, enc->dim()});
       std::cout << "wrote " << a->out << " (" << n << ", " << enc->dim() << ")\n";
       return;

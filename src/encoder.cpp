@@ -10,6 +10,13 @@
 
 namespace vismem {
 
+void Encoder::forward_size(const float* pixels, int n, int h, int w, float* out, int threads) const {
+  if (h != input_size() || w != input_size())
+    throw Error(name() + " takes " + std::to_string(input_size()) + "x" + std::to_string(input_size()) + " inputs, got " +
+                std::to_string(h) + "x" + std::to_string(w));
+  forward(pixels, n, out, threads);
+}
+
 std::unique_ptr<Encoder> load_encoder(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;

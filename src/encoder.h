@@ -32,6 +32,10 @@ class Encoder {
   // out: n * dim() float32, the model's raw output (not L2-normalized).
   // threads: worker threads for this call (0 = default_threads()).
   virtual void forward(const float* pixels, int n, float* out, int threads = 0) const = 0;
+  // The same for h x w inputs (n * 3 * h * w). Encoders that take only their
+  // own size (MobileNet) throw vismem::Error for any other; ViTs interpolate
+  // their position embeddings as HF does.
+  virtual void forward_size(const float* pixels, int n, int h, int w, float* out, int threads = 0) const;
 };
 
 // Loads by path: a .tflite file (MobileNet V1/V2), or a folder with config.json +

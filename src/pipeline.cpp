@@ -12,20 +12,6 @@ namespace vismem {
 
 namespace fs = std::filesystem;
 
-std::vector<float> embed_pixels(const Encoder& enc, const float* pixels, int64_t n, const EmbedOptions& opt) {
-  const int d = enc.dim();
-  const int64_t per = 3LL * enc.input_size() * enc.input_size();
-  std::vector<float> out(n * d);
-  const int batch = std::max(1, opt.batch);
-  for (int64_t s = 0; s < n; s += batch) {
-    int b = static_cast<int>(std::min<int64_t>(batch, n - s));
-    enc.forward(pixels + s * per, b, out.data() + s * d, opt.threads);
-    if (opt.progress) opt.progress(s + b, n);
-  }
-  if (opt.normalize) l2_normalize_rows(out.data(), n, d, "encoder output");
-  return out;
-}
-
 EmbedResult embed_images(const Encoder& enc, const std::vector<std::string>& paths, const EmbedOptions& opt) {
   const int S = enc.input_size();
   const int d = enc.dim();

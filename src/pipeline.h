@@ -36,9 +36,6 @@ struct EmbedResult {
 
 EmbedResult embed_images(const Encoder& enc, const std::vector<std::string>& paths, const EmbedOptions& opt = {});
 
-// Runs the encoder on ready pixels: n * 3 * S * S float CHW. Out: n * dim.
-std::vector<float> embed_pixels(const Encoder& enc, const float* pixels, int64_t n, const EmbedOptions& opt = {});
-
 struct LabeledImage {
   std::string path;   // full path
   std::string id;     // path relative to the folder, '/'-separated

@@ -903,6 +903,9 @@ class VitEncoder final : public Encoder {
   void forward(const float* pixels, int n, float* out, int threads) const override {
     vit_embed(m_, pixels, n, pc_.crop, pc_.crop, out, threads);
   }
+  void forward_size(const float* pixels, int n, int h, int w, float* out, int threads) const override {
+    vit_embed(m_, pixels, n, h, w, out, threads);
+  }
 
  private:
   VitModel m_;

@@ -1,0 +1,101 @@
+// `vismem embed --input FILE.npy --raw` (the form outside checks use) against
+// the reference fixtures, for every encoder family.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "npy.h"
+#include "util_test.h"
+
+using namespace vismem;
+using vismem::test::run_cli;
+using vismem::test::shared_dir;
+using vismem::test::TempDir;
+
+namespace {
+double rel_err(const std::vector<float>& a, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    num = std::max(num, std::abs(double(a[i]) - ref[i]));
+    den = std::max(den, std::abs(double(ref[i])));
+  }
+  return num / den;
+}
+}  // namespace
+
+TEST(CliEmbed, Dinov2RawMatchesHF) {
+  TempDir t;
+  std::string f = shared_dir() + "/fixtures/dinov2_tiny";
+  for (int s : {70, 56, 42}) {
+    std::string in = f + "/input_" + std::to_string(s) + ".npy";
+    auto r = run_cli("embed --model " + f + " --input " + in + " --raw --out " + t / "o.npy");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    NpyArray o = read_npy(t / "o.npy");
+    NpyArray ref = read_npy(f + "/pooler_" + std::to_string(s) + ".npy");
+    ASSERT_EQ(o.shape, ref.shape);
+    EXPECT_LT(rel_err(o.to_float(), ref.to_float()), 1e-4) << s;
+  }
+}
+
+TEST(CliEmbed, ClipRawMatchesHF) {
+  TempDir t;
+  std::string f = shared_dir() + "/fixtures/clip_tiny_f16";
+  auto r = run_cli("embed --model " + f + " --input " + f + "/input_48.npy --raw --out " + t / "o.npy");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  NpyArray o = read_npy(t / "o.npy");
+  NpyArray ref = read_npy(f + "/image_embeds_48.npy");
+  ASSERT_EQ(o.shape, ref.shape);
+  EXPECT_LT(rel_err(o.to_float(), ref.to_float()), 1e-4);
+}
+
+TEST(CliEmbed, MobileNetUint8InputMatchesOpenCV) {
+  TempDir t;
+  std::string fx = shared_dir() + "/fixtures/mobilenet_v1/grace_hopper";
+  std::string model = shared_dir() + "/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite";
+  auto r = run_cli("embed --model " + model + " --input " + fx + ".input_u8.npy --raw --out " + t / "o.npy");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<float> o = read_npy(t / "o.npy").to_float();
+  std::vector<float> ref = read_npy(fx + ".opencv_f32.npy").to_float();
+  ASSERT_EQ(o.size(), 1024u);
+  double dot = 0, na = 0, nb = 0;
+  for (size_t i = 0; i < o.size(); ++i) {
+    dot += double(o[i]) * ref[i];
+    na += double(o[i]) * o[i];
+    nb += double(ref[i]) * ref[i];
+  }
+  EXPECT_GE(dot / std::sqrt(na * nb), 0.9999);
+  // Without --raw the rows are unit length.
+  r = run_cli("embed --model " + model + " --input " + fx + ".input_u8.npy --out " + t / "n.npy");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<float> n = read_npy(t / "n.npy").to_float();
+  double ss = 0;
+  for (float v : n) ss += double(v) * v;
+  EXPECT_NEAR(ss, 1.0, 1e-5);
+  // A wrong-size input is a clear error.
+  r = run_cli("embed --model " + model + " --input " + shared_dir() + "/fixtures/dinov2_tiny/input_70.npy --out " + t / "x.npy");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("224x224"), std::string::npos) << r.err;
+}
+
+TEST(CliEmbed, ImagesInArgumentOrderAndCorruptFileIsAnError) {
+  TempDir t;
+  std::string model = shared_dir() + "/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite";
+  std::string a = shared_dir() + "/fixtures/preprocess/img1_240x321.jpg";
+  std::string b = shared_dir() + "/fixtures/preprocess/img0_320x240.png";
+  auto r = run_cli("embed --model " + model + " " + a + " " + b + " --out " + t / "ab.npy");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_cli("embed --model " + model + " " + b + " --out " + t / "b.npy");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<float> ab = read_npy(t / "ab.npy").to_float(), bb = read_npy(t / "b.npy").to_float();
+  ASSERT_EQ(ab.size(), 2048u);
+  for (int i = 0; i < 1024; ++i) EXPECT_NEAR(ab[1024 + i], bb[i], 1e-5);
+  std::string bad = t / "bad.jpg";
+  std::string bytes = test::read_file(a).substr(0, 300);
+  FILE* f = fopen(bad.c_str(), "wb");
+  fwrite(bytes.data(), 1, bytes.size(), f);
+  fclose(f);
+  r = run_cli("embed --model " + model + " " + bad + " --out " + t / "x.npy");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("bad.jpg"), std::string::npos) << r.err;
+}
