@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "error.h"
+#include "textio.h"
 
 namespace vismem {
 
@@ -78,11 +79,7 @@ std::vector<QueryNeighbors> parse_neighbor_json(const std::string& text, const s
 }
 
 std::vector<QueryNeighbors> read_neighbor_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw Error("cannot open neighbor file " + path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return parse_neighbor_json(ss.str(), path);
+  return parse_neighbor_json(read_text_file(path), "neighbor file " + path);
 }
 
 std::string neighbor_json(const std::vector<QueryNeighbors>& queries) {

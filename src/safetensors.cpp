@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "error.h"
+#include "textio.h"
 #include "npy.h"
 
 namespace vismem {
@@ -38,14 +39,6 @@ constexpr DTypeRow kDTypes[] = {
     {StDType::u64, "U64", 8},  {StDType::u32, "U32", 4},  {StDType::u16, "U16", 2},  {StDType::u8, "U8", 1},
     {StDType::boolean, "BOOL", 1},
 };
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("cannot open " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 }  // namespace
 

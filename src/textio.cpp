@@ -1,6 +1,7 @@
 #include "textio.h"
 
 #include <fstream>
+#include <sstream>
 
 #include "error.h"
 
@@ -19,6 +20,14 @@ std::vector<std::string> read_lines(const std::string& path) {
   for (size_t i = 0; i < out.size(); ++i)
     if (out[i].empty()) throw Error(path + ":" + std::to_string(i + 1) + ": empty line");
   return out;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot open " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
 }
 
 void write_lines(const std::string& path, const std::vector<std::string>& lines) {

@@ -13,6 +13,8 @@
 namespace vismem {
 
 std::vector<std::string> read_lines(const std::string& path);
+// The whole file as bytes; throws vismem::Error if it cannot be read.
+std::string read_text_file(const std::string& path);
 void write_lines(const std::string& path, const std::vector<std::string>& lines);
 
 }  // namespace vismem

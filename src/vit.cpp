@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "error.h"
+#include "textio.h"
 #include "fastmath.h"
 #include "hash.h"
 #include "linalg.h"
@@ -67,14 +68,6 @@ VitConfig::Act parse_act(const std::string& s, const std::string& where) {
   if (s == "silu" || s == "swish") return VitConfig::Act::silu;
   if (s == "relu") return VitConfig::Act::relu;
   throw Error(where + ": hidden_act '" + s + "' is not supported");
-}
-
-std::string read_file_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("cannot open " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 }  // namespace
@@ -197,7 +190,7 @@ VitConfig VitConfig::dinov2_vitb14() {
 VitModel load_vit_model(const std::string& dir) {
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   VitModel m;
-  m.config = VitConfig::from_json(read_file_text(cfg_path), cfg_path);
+  m.config = VitConfig::from_json(read_text_file(cfg_path), cfg_path);
   m.dir = dir;
   SafeTensors st = SafeTensors::open(dir);
   m.files = st.files();
