@@ -11,6 +11,7 @@
 #include "neighbors.h"
 #include "pipeline.h"
 #include "textio.h"
+#include "unlearn.h"
 
 namespace vismem::cli {
 
@@ -197,17 +198,31 @@ void add_memory_commands(CLI::App& app) {
     struct A {
       std::string mem, label, ids_file;
       std::vector<std::string> ids;
+      bool verify = false;
     };
     auto a = std::make_shared<A>();
     c->add_option("memory", a->mem, "Memory file")->required();
     c->add_option("--id", a->ids, "Item id (repeatable)");
     c->add_option("--label", a->label, "Remove every item with this label");
     c->add_option("--ids-file", a->ids_file, "Ids to remove, one per line");
+    c->add_flag("--verify", a->verify, "Print a receipt: ids gone from store and index, no bytes left, same answers as a rebuild");
     c->callback([a] {
       Memory mem = Memory::open(a->mem);
       int given = !a->ids.empty() + !a->label.empty() + !a->ids_file.empty();
       if (given != 1) throw Error("remove needs exactly one of --id, --label, --ids-file");
       int64_t n = 0;
+      if (a->verify) {
+        std::vector<std::string> ids = a->ids.empty() ? std::vector<std::string>{} : a->ids;
+        if (!a->ids_file.empty()) ids = read_lines(a->ids_file);
+        if (!a->label.empty())
+          for (const ItemInfo& it : mem.items())
+            if (it.label == a->label) ids.push_back(it.id);
+        if (ids.empty()) throw Error("remove: nothing matches");
+        UnlearnReceipt r = remove_verified(mem, ids);
+        std::cout << r.summary();
+        if (!r.ok()) throw Error("unlearning verification failed");
+        return;
+      }
       if (!a->label.empty()) n = mem.remove_label(a->label);
       else n = mem.remove(a->ids.empty() ? read_lines(a->ids_file) : a->ids);
       std::cout << "removed " << n << " items; memory now holds " << mem.size() << " items\n";

@@ -139,3 +139,18 @@ TEST(CliMemory, RemoveByIdLabelAndFile) {
   auto r = run_cli("info " + s.mem);
   EXPECT_NE(r.out.find("28 (1 labels)"), std::string::npos) << r.out;
 }
+
+TEST(CliMemory, RemoveVerifyPrintsAPassingReceipt) {
+  CliFixture s;
+  auto r = run_cli("remove " + s.mem + " --id id5 --id id6 --verify");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("2 item(s) removed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("no embedding bytes left in files: yes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("same as a rebuilt memory:         yes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("VERIFIED"), std::string::npos) << r.out;
+  EXPECT_EQ(s.items(), 58);
+  r = run_cli("remove " + s.mem + " --label even --verify");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("VERIFIED"), std::string::npos) << r.out;
+  EXPECT_EQ(s.items(), 29);  // 30 even ids, id6 already gone
+}
