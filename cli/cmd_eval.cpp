@@ -161,13 +161,13 @@ void add_eval_commands(CLI::App& app) {
       else throw Error("classify needs image files or --embeddings Q.npy");
       Vote vote = parse_vote(a->vote);
       auto res = mem.search(q.x.data.data(), q.x.rows, a->k, {}, a->threads);
+      const bool prune = mem.info().pruning_mode != "none";  // read once, not per query
       nlohmann::json out = nlohmann::json::array();
       for (int64_t i = 0; i < q.x.rows; ++i) {
         const auto& nn = res[i];
         VoteInput in;
         std::vector<std::string> names;
         std::unordered_map<std::string, int32_t> idx;
-        bool prune = mem.info().pruning_mode != "none";
         for (const Neighbor& n : nn) {
           auto [it, added] = idx.emplace(n.label, static_cast<int32_t>(names.size()));
           if (added) names.push_back(n.label);

@@ -124,7 +124,7 @@ class Memory {
     std::vector<int64_t> wrong, correct;
   };
   void set_counts(const Counts& counts, int k);
-  // mode: "none" | "hard" | "soft"; applied by classify/eval through exclusions()/reliability_of().
+  // mode: "none" | "hard" | "soft"; classify/eval apply it through excluded() and weight().
   void set_pruning(const std::string& mode, double threshold);
   bool excluded(const ItemInfo& it) const;   // hard pruning in effect and wrong >= threshold
   double weight(const ItemInfo& it) const;   // soft pruning in effect: rho, else 1
