@@ -9,6 +9,11 @@
 #include "eval.h"
 #include "neighbors.h"
 #include "pipeline.h"
+#include "decision.h"
+#include "rerank.h"
+#include "taxonomy.h"
+#include "calibration.h"
+#include <optional>
 
 namespace vismem::cli {
 
@@ -75,7 +80,8 @@ void add_eval_commands(CLI::App& app) {
   {
     auto* c = app.add_subcommand("eval", "Accuracy@k of the four voting rules (from a neighbor file, or a memory + labeled queries)");
     struct A {
-      std::string mem, query_dir, neighbors, emb, labels, ids, exclude, reliability, model, out_neighbors, pruning = "memory";
+      std::string mem, query_dir, neighbors, emb, labels, ids, exclude, reliability, model, out_neighbors, pruning = "memory",
+          taxonomy, levels;
       bool json = false, normalize = false, exclude_self = false;
       int k = 0, threads = 0, batch = 32;
     };
@@ -95,6 +101,8 @@ void add_eval_commands(CLI::App& app) {
     c->add_option("--pruning", a->pruning, "With a memory: 'memory' applies its pruning mode (vismem prune), 'none' ignores it")
         ->check(CLI::IsMember({"memory", "none"}));
     c->add_option("--out-neighbors", a->out_neighbors, "Also write the neighbor lists (with a memory)");
+    c->add_option("--taxonomy", a->taxonomy, "Taxonomy file (LEAF<TAB>ROOT > ... > LEAF): accuracy per level too");
+    c->add_option("--levels", a->levels, "Taxonomy depths, e.g. 4,6,8 (default: every depth)");
     c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
     c->add_option("--threads", a->threads, "Threads (default: all cores)");
     c->add_option("--batch", a->batch, "Images per encoder batch");
@@ -126,18 +134,103 @@ void add_eval_commands(CLI::App& app) {
         if (!a->out_neighbors.empty()) write_neighbor_file(a->out_neighbors, qs);
       }
       EvalResult r = evaluate(qs, opt);
-      if (a->json) std::cout << eval_json(r).dump() << "\n";
-      else std::cout << eval_table(r);
+      if (a->taxonomy.empty()) {
+        if (!a->levels.empty()) throw Error("--levels needs --taxonomy FILE");
+        if (a->json) std::cout << eval_json(r).dump() << "\n";
+        else std::cout << eval_table(r);
+        return;
+      }
+      Taxonomy tax = Taxonomy::read(a->taxonomy);
+      std::vector<int> depths;
+      if (!a->levels.empty()) depths = parse_levels(a->levels);
+      else
+        for (int d = 1; d < tax.max_depth(); ++d) depths.push_back(d);
+      nlohmann::ordered_json j = eval_json(r);
+      nlohmann::ordered_json lv = nlohmann::ordered_json::object();
+      for (int d : depths) {
+        EvalResult rd = evaluate(relabel(qs, tax, d), opt);
+        if (a->json) lv["depth " + std::to_string(d)] = eval_json(rd);
+        else std::cout << "== depth " << d << "\n" << eval_table(rd) << "\n";
+      }
+      if (a->json) {
+        j["levels"] = lv;
+        std::cout << j.dump() << "\n";
+      } else {
+        std::cout << "== leaf\n" << eval_table(r);
+      }
+    });
+  }
+  // ood-fit
+  {
+    auto* c = app.add_subcommand("ood-fit", "Fit the OOD threshold on in-distribution queries to a target false-positive rate");
+    struct A {
+      std::string mem, query_dir, emb, model;
+      bool self = false, json = false;
+      int k = 100, threads = 0, batch = 32;
+      double fpr = 0.05;
+    };
+    auto a = std::make_shared<A>();
+    c->add_option("memory", a->mem, "Memory file")->required();
+    c->add_option("queries", a->query_dir, "In-distribution query images (a folder, e.g. a validation split)");
+    c->add_option("--embeddings", a->emb, "In-distribution query embeddings .npy instead");
+    c->add_flag("--self", a->self, "Use the memory's own items, each leaving itself out");
+    c->add_option("--fpr", a->fpr, "Share of in-distribution queries allowed above the threshold")->check(CLI::Range(0.0, 0.999));
+    c->add_option("--k", a->k, "Neighbors for the OOD score (median distance)")->check(CLI::PositiveNumber);
+    c->add_flag("--json", a->json, "JSON output");
+    c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
+    c->add_option("--threads", a->threads, "Threads (default: all cores)");
+    c->add_option("--batch", a->batch, "Images per encoder batch");
+    c->callback([a] {
+      Memory mem = Memory::open(a->mem);
+      if (static_cast<int>(!a->query_dir.empty()) + !a->emb.empty() + a->self != 1)
+        throw Error("ood-fit needs exactly one of: a query folder, --embeddings Q.npy, --self");
+      int k = static_cast<int>(std::min<int64_t>(a->k, mem.size() - (a->self ? 1 : 0)));
+      if (k < 1) throw Error(a->mem + " has too few items");
+      Queries q;
+      std::vector<std::string> self_ids;
+      if (a->self) {
+        for (auto& it : mem.items()) {
+          auto e = mem.embedding(it.id);
+          q.x.data.insert(q.x.data.end(), e.begin(), e.end());
+          self_ids.push_back(it.id);
+        }
+        q.x.rows = static_cast<int64_t>(self_ids.size());
+        q.x.cols = mem.dim();
+      } else if (!a->emb.empty()) {
+        q = load_queries(mem, a->emb, "", "");
+      } else {
+        q = embed_query_images(mem, {a->query_dir}, a->model, true, a->batch, a->threads);
+      }
+      auto res = mem.search(q.x.data.data(), q.x.rows, k, self_ids, a->threads);
+      std::vector<double> scores;
+      for (auto& nn : res) {
+        std::vector<double> d;
+        for (auto& n : nn) d.push_back(n.distance);
+        scores.push_back(ood_score(d, k));
+      }
+      double t = fit_ood_threshold(scores, a->fpr);
+      int64_t above = std::count_if(scores.begin(), scores.end(), [t](double s) { return s > t; });
+      mem.set_ood_threshold(t, k, a->fpr);
+      if (a->json) {
+        std::cout << nlohmann::json{{"threshold", t}, {"k", k}, {"fpr_target", a->fpr}, {"queries", scores.size()},
+                                    {"fpr_measured", static_cast<double>(above) / scores.size()}}.dump() << "\n";
+      } else {
+        std::printf("OOD threshold %.6f (median distance to %d neighbors), from %zu in-distribution queries:\n"
+                    "%lld of them (%.2f%%) score above it (target %.2f%%). Stored in %s; classify --abstain uses it.\n",
+                    t, k, scores.size(), static_cast<long long>(above), 100.0 * above / scores.size(), 100 * a->fpr,
+                    a->mem.c_str());
+      }
     });
   }
   // classify
   {
     auto* c = app.add_subcommand("classify", "Predict labels for queries, with the neighbors that decided");
     struct A {
-      std::string mem, emb, ids, model, vote = "rank";
+      std::string mem, emb, ids, model, vote = "rank", taxonomy, levels, rerank_cmd;
       std::vector<std::string> images;
-      int k = 20, threads = 0, batch = 32, show = 10;
-      bool json = false;
+      int k = 20, threads = 0, batch = 32, show = 10, ood_k = 0, rerank_timeout = 60;
+      double confident = 0, ood_threshold = -1;
+      bool json = false, abstain = false;
     };
     auto a = std::make_shared<A>();
     c->add_option("memory", a->mem, "Memory file")->required();
@@ -149,63 +242,128 @@ void add_eval_commands(CLI::App& app) {
         ->check(CLI::IsMember({"plurality", "distance", "softmax", "rank"}));
     c->add_flag("--json", a->json, "JSON output (every neighbor with its weight)");
     c->add_option("--show", a->show, "Neighbors to print per query (text output)");
+    c->add_option("--taxonomy", a->taxonomy, "Taxonomy file (LEAF<TAB>ROOT > ... > LEAF): a prediction per level");
+    c->add_option("--levels", a->levels, "Taxonomy depths to report, e.g. 4,6,8 (default: every depth)");
+    c->add_option("--confident", a->confident, "With --taxonomy: answer at the deepest level whose score share >= T")
+        ->check(CLI::Range(0.0, 1.0));
+    c->add_option("--ood-k", a->ood_k, "Neighbors for the OOD score (median distance; default: the fitted k, else 100)")
+        ->check(CLI::PositiveNumber);
+    c->add_option("--ood-threshold", a->ood_threshold, "OOD threshold (default: the one `vismem ood-fit` stored)");
+    c->add_flag("--abstain", a->abstain, "Answer no label for queries whose OOD score exceeds the threshold");
+    c->add_option("--rerank-cmd", a->rerank_cmd, "External re-ranker: gets the query and its k neighbors as JSON on stdin, answers a label");
+    c->add_option("--rerank-timeout", a->rerank_timeout, "Seconds the re-ranker may take per query")->check(CLI::PositiveNumber);
     c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
     c->add_option("--threads", a->threads, "Threads (default: all cores)");
     c->add_option("--batch", a->batch, "Images per encoder batch");
     c->callback([a] {
       Memory mem = Memory::open(a->mem);
       if (mem.size() == 0) throw Error(a->mem + " is empty: add items first");
+      const MemoryInfo info = mem.info();
+      std::optional<Taxonomy> tax;
+      std::vector<int> depths;
+      if (!a->taxonomy.empty()) {
+        tax = Taxonomy::read(a->taxonomy);
+        tax->check_covers(mem.labels(), a->mem);
+        if (!a->levels.empty()) depths = parse_levels(a->levels);
+        else
+          for (int d = 1; d < tax->max_depth(); ++d) depths.push_back(d);
+      } else if (a->confident > 0 || !a->levels.empty()) {
+        throw Error("--confident and --levels need --taxonomy FILE");
+      }
+      double ood_threshold = a->ood_threshold;
+      int ood_k = a->ood_k ? a->ood_k : info.ood_k ? info.ood_k : 100;
+      if (a->abstain && ood_threshold < 0) {
+        if (info.ood_k == 0) throw Error("--abstain needs a threshold: run `vismem ood-fit` or give --ood-threshold");
+        if (a->ood_k && a->ood_k != info.ood_k)
+          throw Error("the stored OOD threshold was fitted with k=" + std::to_string(info.ood_k) + ", not --ood-k " +
+                      std::to_string(a->ood_k));
+        if (info.ood_stale()) std::cerr << "warning: the OOD threshold was fitted before the memory last changed\n";
+        ood_threshold = info.ood_threshold;
+      }
+      ood_k = static_cast<int>(std::min<int64_t>(ood_k, mem.size()));
       Queries q;
+      std::vector<std::string> query_paths;
       if (!a->emb.empty()) q = load_queries(mem, a->emb, a->ids, "");
-      else if (!a->images.empty()) q = embed_query_images(mem, a->images, a->model, false, a->batch, a->threads);
-      else throw Error("classify needs image files or --embeddings Q.npy");
+      else if (!a->images.empty()) {
+        q = embed_query_images(mem, a->images, a->model, false, a->batch, a->threads);
+        query_paths = q.ids;
+      } else throw Error("classify needs image files or --embeddings Q.npy");
       Vote vote = parse_vote(a->vote);
-      auto res = mem.search(q.x.data.data(), q.x.rows, a->k, {}, a->threads);
-      const bool prune = mem.info().pruning_mode != "none";  // read once, not per query
+      auto res = mem.search(q.x.data.data(), q.x.rows, std::max(a->k, ood_k), {}, a->threads);
       nlohmann::json out = nlohmann::json::array();
       for (int64_t i = 0; i < q.x.rows; ++i) {
-        const auto& nn = res[i];
-        VoteInput in;
-        std::vector<std::string> names;
-        std::unordered_map<std::string, int32_t> idx;
-        for (const Neighbor& n : nn) {
-          auto [it, added] = idx.emplace(n.label, static_cast<int32_t>(names.size()));
-          if (added) names.push_back(n.label);
-          in.labels.push_back(it->second);
-          in.distances.push_back(n.distance);
-          if (prune) {
-            ItemInfo item = *mem.item(n.id);
-            in.excluded.push_back(mem.excluded(item));
-            in.reliability.push_back(mem.weight(item));
-          }
-        }
-        VoteBreakdown b = vote_breakdown(vote, in, static_cast<int>(nn.size()));
-        auto scores = b.scores;
-        std::stable_sort(scores.begin(), scores.end(), [](auto& x, auto& y) { return x.second > y.second; });
-        double total = 0;
-        for (auto& s : scores) total += s.second;
+        std::vector<Neighbor> all = res[i];
+        const int k = static_cast<int>(std::min<size_t>(a->k, all.size()));
+        std::vector<Neighbor> nn(all.begin(), all.begin() + k);
+        NeighborVotes nv_all = neighbor_votes(mem, all, true);
+        NeighborVotes nv = nv_all;
+        nv.labels.resize(k);
+        nv.distances.resize(k);
+        if (!nv.excluded.empty()) nv.excluded.resize(k);
+        if (!nv.reliability.empty()) nv.reliability.resize(k);
+        Decision d = decide(vote, nv, k);
+        double ood = ood_score(nv_all.distances, ood_k);
+        bool abstained = a->abstain && ood > ood_threshold;
         std::string qid = q.ids.empty() ? "q" + std::to_string(i) : q.ids[i];
-        nlohmann::json j = {{"query", qid}, {"prediction", names[b.prediction]}, {"vote", a->vote}, {"k", nn.size()}};
+        nlohmann::json j = {{"query", qid}, {"prediction", abstained ? nlohmann::json(nullptr) : nlohmann::json(d.prediction)},
+                            {"vote", a->vote}, {"k", k}, {"vote_share", d.vote_share}, {"score_share", d.score_share},
+                            {"entropy", d.entropy}, {"ood_score", ood}, {"ood_k", ood_k}};
+        if (ood_threshold >= 0) {
+          j["ood_threshold"] = ood_threshold;
+          j["out_of_distribution"] = ood > ood_threshold;
+        }
+        if (a->abstain) j["abstained"] = abstained;
         nlohmann::json js = nlohmann::json::array();
-        for (auto& [l, s] : scores) js.push_back({{"label", names[l]}, {"score", s}, {"share", total > 0 ? s / total : 0}});
+        for (auto& [l, s] : d.scores) js.push_back({{"label", l}, {"score", s}});
         j["scores"] = js;
         nlohmann::json jn = nlohmann::json::array();
         for (size_t r = 0; r < nn.size(); ++r)
           jn.push_back({{"rank", r + 1}, {"id", nn[r].id}, {"label", nn[r].label}, {"distance", nn[r].distance},
-                        {"weight", b.neighbor_weights[r]}});
+                        {"weight", d.neighbor_weights[r]}});
         j["neighbors"] = jn;
+        HierarchyDecision h;
+        if (tax) {
+          h = decide_levels(vote, nv, k, *tax, depths, a->confident);
+          nlohmann::json jl = nlohmann::json::array();
+          for (auto& l : h.levels)
+            jl.push_back({{"level", l.level}, {"prediction", l.decision.prediction}, {"score_share", l.decision.score_share}});
+          j["levels"] = jl;
+          if (a->confident > 0) {
+            j["confident_level"] = h.confident_level < 0 ? nlohmann::json(nullptr) : nlohmann::json(h.levels[h.confident_level].level);
+            j["confident_prediction"] = h.confident_level < 0 ? nlohmann::json(nullptr)
+                                                               : nlohmann::json(h.levels[h.confident_level].decision.prediction);
+          }
+        }
+        std::string reranked;
+        if (!a->rerank_cmd.empty()) {
+          std::vector<std::string> paths;
+          for (auto& n : nn) paths.push_back(mem.find_image(n.id).value_or(""));
+          RerankAnswer ra = run_rerank(a->rerank_cmd,
+                                       rerank_request(qid, query_paths.empty() ? "" : query_paths[i], a->vote, k, d.prediction, nn, paths, d),
+                                       a->rerank_timeout);
+          reranked = ra.label;
+          j["rerank"] = {{"label", ra.label}, {"vote_prediction", d.prediction}};
+          if (!abstained) j["prediction"] = ra.label;
+        }
         if (a->json) {
           out.push_back(std::move(j));
           continue;
         }
-        std::printf("%s\n  prediction: %s  (%s vote over k=%zu, share %.2f)\n", qid.c_str(), names[b.prediction].c_str(),
-                    a->vote.c_str(), nn.size(), total > 0 ? scores[0].second / total : 0.0);
+        std::string shown = abstained ? "(abstain: out of distribution)" : !reranked.empty() ? reranked : d.prediction;
+        std::printf("%s\n  prediction: %s  (%s vote over k=%d, share %.2f)\n", qid.c_str(), shown.c_str(), a->vote.c_str(),
+                    k, d.score_share);
+        if (!reranked.empty()) std::printf("  re-ranker answered %s; the vote said %s\n", reranked.c_str(), d.prediction.c_str());
+        std::printf("  vote share %.2f, entropy %.2f, OOD score %.4f (median distance to %d)%s\n", d.vote_share, d.entropy,
+                    ood, ood_k, ood_threshold >= 0 ? (ood > ood_threshold ? " > threshold" : " <= threshold") : "");
+        for (size_t l = 0; tax && l < h.levels.size(); ++l)
+          std::printf("  %-9s %s (share %.2f)%s\n", h.levels[l].level.c_str(), h.levels[l].decision.prediction.c_str(),
+                      h.levels[l].decision.score_share, static_cast<int>(l) == h.confident_level ? "  <- confident" : "");
         std::printf("  scores:");
-        for (size_t s = 0; s < std::min<size_t>(scores.size(), 5); ++s)
-          std::printf(" %s=%.4g", names[scores[s].first].c_str(), scores[s].second);
+        for (size_t s = 0; s < std::min<size_t>(d.scores.size(), 5); ++s)
+          std::printf(" %s=%.4g", d.scores[s].first.c_str(), d.scores[s].second);
         std::printf("\n  nearest:\n");
         for (size_t r = 0; r < std::min<size_t>(nn.size(), static_cast<size_t>(a->show)); ++r)
-          std::printf("    %3zu  d=%.4f  w=%.4g  %-20s %s\n", r + 1, nn[r].distance, b.neighbor_weights[r],
+          std::printf("    %3zu  d=%.4f  w=%.4g  %-20s %s\n", r + 1, nn[r].distance, d.neighbor_weights[r],
                       nn[r].label.c_str(), nn[r].id.c_str());
       }
       if (a->json) std::cout << (out.size() == 1 ? out[0] : out).dump(2) << "\n";

@@ -46,13 +46,12 @@ std::unique_ptr<Encoder> memory_encoder(const Memory& mem, const std::string& mo
   return enc;
 }
 
-namespace {
-
 void add_image_folder(Memory& mem, const std::string& dir, const std::string& model, int batch, int threads,
                       bool upsert) {
   auto enc = memory_encoder(mem, model);
   std::vector<LabeledImage> all = scan_image_folder(dir);
   if (all.empty()) throw Error(dir + ": no images found (expected one subfolder per class)");
+  mem.add_image_root(dir);
   std::vector<LabeledImage> todo;
   for (auto& li : all)
     if (upsert || !mem.contains(li.id)) todo.push_back(li);
@@ -91,8 +90,6 @@ void add_image_folder(Memory& mem, const std::string& dir, const std::string& mo
   std::cout << "added " << added << " images, " << failed << " unreadable (skipped); memory now holds " << mem.size()
             << " items\n";
 }
-
-}  // namespace
 
 void add_memory_commands(CLI::App& app) {
   // create
@@ -250,6 +247,8 @@ void add_memory_commands(CLI::App& app) {
                             {"generation", i.generation}, {"pruning_mode", i.pruning_mode},
                             {"pruning_threshold", i.pruning_threshold}, {"counts_k", i.counts_k},
                             {"counts_stale", i.counts_stale()}, {"counts_computed", i.counts_generation >= 0}};
+        if (i.ood_k > 0)
+          j["ood"] = {{"threshold", i.ood_threshold}, {"k", i.ood_k}, {"fpr", i.ood_fpr}, {"stale", i.ood_stale()}};
         std::cout << j.dump(2) << "\n";
         return;
       }
@@ -265,6 +264,10 @@ void add_memory_commands(CLI::App& app) {
                 << "pruning     " << i.pruning_mode
                 << (i.pruning_mode == "hard" ? " (wrong >= " + std::to_string(i.pruning_threshold) + ")" : "") << "\n"
                 << "counts      " << counts << "\n";
+      if (i.ood_k > 0)
+        std::cout << "ood         median distance to " << i.ood_k << " neighbors > " << i.ood_threshold
+                  << " (fitted for FPR " << i.ood_fpr << ")" << (i.ood_stale() ? " STALE (memory changed since)" : "")
+                  << "\n";
     });
   }
 }

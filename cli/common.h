@@ -42,9 +42,15 @@ class Progress {
 // the memory's fingerprint and dimension.
 std::unique_ptr<Encoder> memory_encoder(const Memory& mem, const std::string& model_override);
 
+// Embeds an ImageFolder (DIR/CLASS/IMAGE) into the memory in committed chunks
+// (resumable: ids already present are skipped unless upsert), with a progress bar.
+void add_image_folder(Memory& mem, const std::string& dir, const std::string& model, int batch, int threads, bool upsert);
+
 void add_memory_commands(CLI::App& app);   // create, add, search, remove, info
 void add_eval_commands(CLI::App& app);     // eval, classify
 void add_image_commands(CLI::App& app);    // embed
 void add_prune_commands(CLI::App& app);    // prune
+void add_explain_commands(CLI::App& app);  // explain
+void add_experiment_commands(CLI::App& app);  // experiment
 
 }  // namespace vismem::cli

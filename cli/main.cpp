@@ -34,6 +34,8 @@ int main(int argc, char** argv) {
   vismem::cli::add_eval_commands(app);
   vismem::cli::add_image_commands(app);
   vismem::cli::add_prune_commands(app);
+  vismem::cli::add_explain_commands(app);
+  vismem::cli::add_experiment_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -15,6 +15,7 @@ pkgs=(
   libbenchmark-dev          # micro benchmarks
   libfaiss-dev libomp-dev   # ANN baseline in bench/
   libopencv-dnn-dev         # encoder baseline in bench/
+  chromium                  # renders the explain page in its test (headless screenshot)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <csetjmp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -473,6 +474,62 @@ Image decode_image_file(const std::string& path) {
   f.seekg(0);
   if (n > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), n)) throw Error(path + ": cannot read image file");
   return decode_image(bytes.data(), bytes.size(), path);
+}
+
+namespace {
+
+struct JpegEncoder {
+  jpeg_compress_struct cinfo{};
+  JpegErrorMgr err{};
+  unsigned char* out = nullptr;  // malloc'ed by jpeg_mem_dest, grown as it writes
+  unsigned long out_size = 0;
+  JpegEncoder() = default;
+  JpegEncoder(const JpegEncoder&) = delete;
+  JpegEncoder& operator=(const JpegEncoder&) = delete;
+  ~JpegEncoder() {
+    jpeg_destroy_compress(&cinfo);
+    std::free(out);
+  }
+};
+
+template <class F>
+bool jpeg_guarded(JpegEncoder& e, F&& f) {
+  if (setjmp(e.err.jump)) return false;
+  f();
+  return true;
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_jpeg(const Image& img, int quality) {
+  if (img.width <= 0 || img.height <= 0) throw Error("encode_jpeg: empty image");
+  if (img.rgb.size() != size_t(img.width) * size_t(img.height) * 3)
+    throw Error("encode_jpeg: pixel buffer does not match " + std::to_string(img.width) + "x" + std::to_string(img.height));
+  if (quality < 1 || quality > 100) throw Error("encode_jpeg: quality must be 1..100, got " + std::to_string(quality));
+  JpegEncoder e;
+  e.cinfo.err = jpeg_std_error(&e.err.pub);
+  e.err.pub.error_exit = jpeg_on_error;
+  e.err.pub.output_message = jpeg_silent;
+  if (!jpeg_guarded(e, [&] {
+        jpeg_create_compress(&e.cinfo);
+        jpeg_mem_dest(&e.cinfo, &e.out, &e.out_size);
+        e.cinfo.image_width = JDIMENSION(img.width);
+        e.cinfo.image_height = JDIMENSION(img.height);
+        e.cinfo.input_components = 3;
+        e.cinfo.in_color_space = JCS_RGB;
+        jpeg_set_defaults(&e.cinfo);
+        jpeg_set_quality(&e.cinfo, quality, TRUE);
+        jpeg_start_compress(&e.cinfo, TRUE);
+        const size_t stride = size_t(img.width) * 3;
+        while (e.cinfo.next_scanline < e.cinfo.image_height) {
+          // libjpeg's API takes non-const rows but only reads them.
+          JSAMPROW row = const_cast<JSAMPROW>(img.rgb.data() + e.cinfo.next_scanline * stride);
+          jpeg_write_scanlines(&e.cinfo, &row, 1);
+        }
+        jpeg_finish_compress(&e.cinfo);
+      }))
+    throw Error("encode_jpeg: " + std::string(e.err.message));
+  return std::vector<uint8_t>(e.out, e.out + e.out_size);
 }
 
 bool is_image_path(const std::string& path) {

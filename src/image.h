@@ -1,8 +1,9 @@
-// image.h: decode JPEG / PNG / WebP / BMP files into 8-bit RGB.
+// image.h: decode JPEG / PNG / WebP / BMP files into 8-bit RGB (and encode JPEG thumbnails).
 //
 // Basic usage:
 //   vismem::Image img = vismem::decode_image_file("photo.jpg");   // throws vismem::Error if unreadable
 //   // img.width, img.height, img.rgb (height * width * 3, row-major, RGB)
+//   std::vector<uint8_t> jpg = vismem::encode_jpeg(img, 85);
 //
 // Matches PIL's Image.open(path).convert("RGB") (Pillow 12), because the
 // reference pipelines (torchvision, HF) start from it:
@@ -46,5 +47,10 @@ std::string detect_image_format(const uint8_t* bytes, size_t size);
 
 // True if the file name has an image extension vismem reads (.jpg .jpeg .png .webp .bmp, any case).
 bool is_image_path(const std::string& path);
+
+// Baseline JPEG (libjpeg-turbo, 4:2:0, quality 1..100) of an RGB image, for
+// thumbnails in explanations. Throws vismem::Error on an empty or inconsistent
+// image or an out-of-range quality.
+std::vector<uint8_t> encode_jpeg(const Image& img, int quality = 85);
 
 }  // namespace vismem

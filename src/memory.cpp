@@ -4,8 +4,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <set>
@@ -212,6 +214,43 @@ void Memory::set_meta(const std::string& key, const std::string& value) {
   s.text(1, key).text(2, value).run();
 }
 
+void Memory::add_image_root(const std::string& dir) {
+  std::error_code ec;
+  std::string abs = std::filesystem::absolute(dir, ec).lexically_normal().string();
+  if (ec) throw Error(dir + ": " + ec.message());
+  while (abs.size() > 1 && abs.back() == '/') abs.pop_back();
+  auto roots = image_roots();
+  if (std::find(roots.begin(), roots.end(), abs) != roots.end()) return;
+  roots.push_back(abs);
+  std::string v;
+  for (auto& r : roots) v += r + "\n";
+  set_meta("image_roots", v);
+}
+
+std::vector<std::string> Memory::image_roots() const {
+  std::vector<std::string> out;
+  std::string v = meta("image_roots"), line;
+  for (char c : v) {
+    if (c == '\n') {
+      if (!line.empty()) out.push_back(line);
+      line.clear();
+    } else {
+      line += c;
+    }
+  }
+  if (!line.empty()) out.push_back(line);
+  return out;
+}
+
+std::optional<std::string> Memory::find_image(const std::string& id) const {
+  for (auto& r : image_roots()) {
+    std::filesystem::path p = std::filesystem::path(r) / id;
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(p, ec)) return p.string();
+  }
+  return std::nullopt;
+}
+
 void Memory::touch() {
   set_meta("generation", std::to_string(std::stoll(meta("generation", "0")) + 1));
   set_meta("updated_at", now_utc());
@@ -278,6 +317,10 @@ MemoryInfo Memory::info() const {
   i.counts_k = std::stoi(meta("counts_k", "0"));
   i.pruning_mode = prune_mode_;
   i.pruning_threshold = prune_threshold_;
+  i.ood_k = std::stoi(meta("ood_k", "0"));
+  i.ood_threshold = std::stod(meta("ood_threshold", "0"));
+  i.ood_fpr = std::stod(meta("ood_fpr", "0"));
+  i.ood_generation = std::stoll(meta("ood_generation", "-1"));
   return i;
 }
 
@@ -491,6 +534,19 @@ void Memory::set_pruning(const std::string& mode, double threshold) {
   t.commit();
   prune_mode_ = mode;
   prune_threshold_ = threshold;
+}
+
+void Memory::set_ood_threshold(double threshold, int k, double fpr) {
+  if (k < 1 || !std::isfinite(threshold) || !(fpr >= 0 && fpr <= 1)) throw Error("OOD threshold: invalid k, threshold or rate");
+  Txn t(*db_);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", threshold);  // round-trips exactly
+  set_meta("ood_threshold", buf);
+  set_meta("ood_k", std::to_string(k));
+  std::snprintf(buf, sizeof buf, "%.17g", fpr);
+  set_meta("ood_fpr", buf);
+  set_meta("ood_generation", meta("generation", "0"));
+  t.commit();
 }
 
 bool Memory::excluded(const ItemInfo& it) const {

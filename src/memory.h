@@ -60,6 +60,13 @@ struct MemoryInfo {
   std::string pruning_mode;       // "none", "hard", "soft"
   double pruning_threshold = 0;
   bool counts_stale() const { return counts_generation >= 0 && counts_generation != generation; }
+  // OOD threshold (vismem ood-fit): a query whose median distance to its
+  // ood_k neighbors exceeds ood_threshold is out of distribution. ood_k == 0: none fitted.
+  double ood_threshold = 0;
+  int ood_k = 0;
+  double ood_fpr = 0;             // target false-positive rate it was fitted to
+  int64_t ood_generation = -1;    // generation it was fitted at
+  bool ood_stale() const { return ood_k > 0 && ood_generation != generation; }
 };
 
 enum class AddMode {
@@ -126,11 +133,22 @@ class Memory {
   void set_counts(const Counts& counts, int k);
   // mode: "none" | "hard" | "soft"; classify/eval apply it through excluded() and weight().
   void set_pruning(const std::string& mode, double threshold);
+  // OOD threshold fitted on in-distribution queries (see MemoryInfo).
+  void set_ood_threshold(double threshold, int k, double fpr);
   bool excluded(const ItemInfo& it) const;   // hard pruning in effect and wrong >= threshold
   double weight(const ItemInfo& it) const;   // soft pruning in effect: rho, else 1
 
   // Model binding: throws vismem::Error unless the fingerprint matches (or the memory has none).
   void check_fingerprint(const std::string& fingerprint, const std::string& what) const;
+
+  // Image folders the items were added from (`vismem add MEM DIR` records DIR,
+  // absolute): an item id is a path relative to one of them. Explanations use
+  // them to show the neighbors' images. Not a write to the items: the
+  // generation (and pruning counts) stay as they are.
+  void add_image_root(const std::string& dir);
+  std::vector<std::string> image_roots() const;
+  // The first root/id that exists as a file, or nullopt (moved or never an image).
+  std::optional<std::string> find_image(const std::string& id) const;
 
   // For the unlearning receipt: checkpoint the WAL into the main file and truncate it.
   void checkpoint() const;

@@ -30,11 +30,18 @@ std::string read_text_file(const std::string& path) {
   return ss.str();
 }
 
-void write_lines(const std::string& path, const std::vector<std::string>& lines) {
-  std::ofstream f(path);
+void write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary);
   if (!f) throw Error("cannot write " + path);
-  for (const auto& l : lines) f << l << "\n";
+  f << text;
+  f.close();
   if (!f) throw Error("write failed: " + path);
+}
+
+void write_lines(const std::string& path, const std::vector<std::string>& lines) {
+  std::string text;
+  for (const auto& l : lines) text += l + "\n";
+  write_text_file(path, text);
 }
 
 }  // namespace vismem

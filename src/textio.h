@@ -15,6 +15,8 @@ namespace vismem {
 std::vector<std::string> read_lines(const std::string& path);
 // The whole file as bytes; throws vismem::Error if it cannot be read.
 std::string read_text_file(const std::string& path);
+// Writes the bytes to path; throws vismem::Error on failure.
+void write_text_file(const std::string& path, const std::string& text);
 void write_lines(const std::string& path, const std::vector<std::string>& lines);
 
 }  // namespace vismem

@@ -1,0 +1,85 @@
+#include "decision.h"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+
+#include "error.h"
+
+namespace vismem {
+
+NeighborVotes neighbor_votes(const Memory& mem, const std::vector<Neighbor>& nn, bool apply_pruning) {
+  NeighborVotes nv;
+  const bool prune = apply_pruning && mem.info().pruning_mode != "none";
+  for (const Neighbor& n : nn) {
+    nv.labels.push_back(n.label);
+    nv.distances.push_back(n.distance);
+    if (prune) {
+      auto item = mem.item(n.id);
+      if (!item) throw Error("neighbor " + n.id + " is not in the memory");
+      nv.excluded.push_back(mem.excluded(*item));
+      nv.reliability.push_back(mem.weight(*item));
+    }
+  }
+  return nv;
+}
+
+void label_concentration(const std::vector<int32_t>& labels, int k, double& vote_share, double& entropy) {
+  if (k < 1 || static_cast<size_t>(k) > labels.size()) throw Error("label_concentration: k outside the list");
+  std::unordered_map<int32_t, int> count;
+  int top = 0;
+  for (int i = 0; i < k; ++i) top = std::max(top, ++count[labels[i]]);
+  vote_share = static_cast<double>(top) / k;
+  double h = 0;
+  for (auto& [l, c] : count) {
+    double p = static_cast<double>(c) / k;
+    h -= p * std::log(p);
+  }
+  // Largest possible entropy of k labels is log(k) (all different).
+  entropy = k > 1 ? h / std::log(static_cast<double>(k)) : 0.0;
+}
+
+Decision decide(Vote v, const NeighborVotes& nv, int k, const VoteParams& p) {
+  VoteInput in;
+  std::vector<std::string> names;
+  std::unordered_map<std::string, int32_t> idx;
+  for (const std::string& l : nv.labels) {
+    auto [it, added] = idx.emplace(l, static_cast<int32_t>(names.size()));
+    if (added) names.push_back(l);
+    in.labels.push_back(it->second);
+  }
+  in.distances = nv.distances;
+  in.excluded = nv.excluded;
+  in.reliability = nv.reliability;
+  VoteBreakdown b = vote_breakdown(v, in, k, p);
+  Decision d;
+  d.k = k;
+  d.prediction = names.at(b.prediction);
+  d.neighbor_weights = std::move(b.neighbor_weights);
+  auto scores = b.scores;
+  // Descending score; among equal scores the winner first (it may have reached
+  // the tie later than another label, see SPEC's tie examples), then the order
+  // labels first got a vote.
+  const int32_t win = b.prediction;
+  std::stable_sort(scores.begin(), scores.end(), [win](auto& x, auto& y) {
+    if (x.second != y.second) return x.second > y.second;
+    return x.first == win && y.first != win;
+  });
+  double total = 0;
+  for (auto& [l, s] : scores) {
+    total += s;
+    d.scores.emplace_back(names[l], s);
+  }
+  d.score_share = total > 0 ? d.scores.at(0).second / total : 0.0;
+  label_concentration(in.labels, k, d.vote_share, d.entropy);
+  return d;
+}
+
+double ood_score(const std::vector<double>& distances, int k) {
+  if (k < 1 || static_cast<size_t>(k) > distances.size()) throw Error("ood_score: k outside the list");
+  std::vector<double> d(distances.begin(), distances.begin() + k);
+  std::sort(d.begin(), d.end());  // already ascending from a search; sorted again for hand-made lists
+  return k % 2 ? d[k / 2] : 0.5 * (d[k / 2 - 1] + d[k / 2]);
+}
+
+}  // namespace vismem
