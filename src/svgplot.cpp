@@ -91,6 +91,11 @@ std::string render_svg(const Plot& p) {
         double v = std::log10(m) + e;
         if (v >= lo - 1e-9 && v <= hi + 1e-9 && (hi - lo > 3 ? m == 1.0 : true)) t.push_back(v);
       }
+    if (t.size() < 3) {  // a narrow log range: plain ticks, placed on the log scale
+      t.clear();
+      for (double v : linear_ticks(std::pow(10, lo), std::pow(10, hi)))
+        if (v > 0) t.push_back(std::log10(v));
+    }
     return t;
   };
   for (double v : axis_ticks(x0, x1, p.log_x)) {

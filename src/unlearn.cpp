@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <unordered_map>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -44,6 +45,58 @@ std::vector<std::string> fingerprint_answers(const Memory& m, const std::vector<
 }
 
 }  // namespace
+
+bool contains_embedding_bytes(const std::string& bytes, const std::vector<std::vector<float>>& vecs, int d) {
+  // Windows of 16 floats (64 bytes) with at least 4 nonzero values: post-ReLU
+  // embeddings (MobileNet) are full of exact zeros, and a window of zeros
+  // would match any zeroed page.
+  const int win = std::min(16, d);
+  // One pass over the bytes for all windows at once: each window is indexed by
+  // 8 of its bytes (two nonzero floats); a file position whose 8 bytes hit the
+  // index is compared in full. A per-window std::search costs minutes on a
+  // 100 MB memory.
+  struct Window {
+    const char* bytes;
+    int anchor;  // byte offset of the 8 indexed bytes inside the window
+  };
+  std::vector<Window> windows;
+  std::unordered_multimap<uint64_t, size_t> by_key;
+  std::vector<uint64_t> filter(1 << 14, 0);  // 2^20-bit prefilter on the keys' hash
+  auto bucket = [](uint64_t key) { return static_cast<uint32_t>((key * 0x9E3779B97F4A7C15ull) >> 44); };
+  for (const auto& v : vecs)
+    for (int off = 0; off + win <= d; off += 4) {
+      if (std::count_if(v.begin() + off, v.begin() + off + win, [](float f) { return f != 0.0f; }) < std::min(4, win))
+        continue;
+      int a = -1;
+      for (int j = off; j + 1 < off + win; ++j)
+        if (v[j] != 0.0f && v[j + 1] != 0.0f) {
+          a = j - off;
+          break;
+        }
+      if (a < 0) continue;  // no two adjacent nonzero floats: too sparse to be a telling sequence
+      uint64_t key;
+      std::memcpy(&key, v.data() + off + a, 8);
+      by_key.emplace(key, windows.size());
+      windows.push_back({reinterpret_cast<const char*>(v.data() + off), 4 * a});
+      uint32_t b = bucket(key);
+      filter[b >> 6] |= 1ull << (b & 63);
+    }
+  const size_t wbytes = static_cast<size_t>(4 * win);
+  for (size_t p = 0; p + 8 <= bytes.size(); ++p) {
+    uint64_t key;
+    std::memcpy(&key, bytes.data() + p, 8);
+    uint32_t b = bucket(key);
+    if (!(filter[b >> 6] >> (b & 63) & 1)) continue;
+    auto [lo, hi] = by_key.equal_range(key);
+    for (auto it = lo; it != hi; ++it) {
+      const Window& w = windows[it->second];
+      if (p < static_cast<size_t>(w.anchor) || p - w.anchor + wbytes > bytes.size()) continue;
+      if (std::memcmp(bytes.data() + p - w.anchor, w.bytes, wbytes) == 0) return true;
+    }
+  }
+
+  return false;
+}
 
 UnlearnReceipt remove_verified(Memory& mem, const std::vector<std::string>& ids, int sample, int k) {
   UnlearnReceipt r;
@@ -90,18 +143,7 @@ UnlearnReceipt remove_verified(Memory& mem, const std::vector<std::string>& ids,
   for (const std::string& p : {mem.path(), mem.path() + "-wal"})
     if (std::filesystem::exists(p)) bytes += read_text_file(p);
   r.bytes_scanned = static_cast<int64_t>(bytes.size());
-  r.no_bytes_left = true;
-  // Windows of 16 floats (64 bytes) with at least 4 nonzero values: post-ReLU
-  // embeddings (MobileNet) are full of exact zeros, and a window of zeros
-  // would match any zeroed page.
-  const int win = std::min(16, d);
-  for (const auto& v : removed_vecs)
-    for (int off = 0; off + win <= d && r.no_bytes_left; off += 4) {
-      if (std::count_if(v.begin() + off, v.begin() + off + win, [](float f) { return f != 0.0f; }) < std::min(4, win))
-        continue;
-      const char* needle = reinterpret_cast<const char*>(v.data() + off);
-      if (std::search(bytes.begin(), bytes.end(), needle, needle + 4 * win) != bytes.end()) r.no_bytes_left = false;
-    }
+  r.no_bytes_left = !contains_embedding_bytes(bytes, removed_vecs, d);
 
   // Rebuild from scratch without the removed items, in the same insertion order.
   namespace fs = std::filesystem;

@@ -36,6 +36,11 @@ struct UnlearnReceipt {
   std::string summary() const;
 };
 
+// True if any 16-float window (64 bytes, at least 4 nonzero values, two of
+// them adjacent) of any of the d-float vectors occurs in bytes at any byte
+// offset. One pass over bytes, whatever the number of vectors.
+bool contains_embedding_bytes(const std::string& bytes, const std::vector<std::vector<float>>& vecs, int d);
+
 UnlearnReceipt remove_verified(Memory& mem, const std::vector<std::string>& ids, int sample = 32, int k = 50);
 
 }  // namespace vismem

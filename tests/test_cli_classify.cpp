@@ -148,3 +148,37 @@ TEST(CliClassify, OodFitAndAbstain) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("exactly one of"), std::string::npos) << r.err;
 }
+
+TEST(CliClassify, RerankCommandAnswers) {
+  Fixture f;
+  std::string q = f.queries("q.npy", {{1, 0}, {179, 0}});
+  // A re-ranker that answers the label of the last neighbor it was given,
+  // and leaves the request where the test can read it.
+  write_text_file(f.t / "rr.py",
+                  "import json, sys\n"
+                  "req = json.load(sys.stdin)\n"
+                  "open(sys.argv[1] + '/' + req['query']['id'] + '.json', 'w').write(json.dumps(req))\n"
+                  "print(json.dumps({'label': req['neighbors'][-1]['label']}))\n");
+  auto r = run_cli("classify " + f.mem + " --embeddings " + q + " --k 4 --vote plurality --json --rerank-cmd 'python3 " +
+                   f.t / "rr.py" + " " + f.t.path.string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 2u);
+  // 4 neighbors of the 1-degree query: three cats, then the nearest dog (16).
+  EXPECT_EQ(j[0]["rerank"]["vote_prediction"], "cat");
+  EXPECT_EQ(j[0]["rerank"]["label"], "dog");
+  EXPECT_EQ(j[0]["prediction"], "dog");
+  EXPECT_EQ(j[1]["rerank"]["vote_prediction"], "car");  // last of 4 neighbors of 179: car 178/180/182, then trout 92
+  EXPECT_EQ(j[1]["rerank"]["label"], "trout");
+  EXPECT_EQ(j[1]["prediction"], "trout");
+  auto req = nlohmann::json::parse(test::read_file(f.t / "q0.json"));
+  EXPECT_EQ(req["k"], 4);
+  EXPECT_EQ(req["prediction"], "cat");
+  ASSERT_EQ(req["neighbors"].size(), 4u);
+  EXPECT_EQ(req["neighbors"][0]["label"], "cat");
+  EXPECT_TRUE(req["query"]["image"].is_null());
+  // A failing re-ranker is an error, not a silent fallback to the vote.
+  r = run_cli("classify " + f.mem + " --embeddings " + q + " --rerank-cmd 'echo broken >&2; exit 2'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("broken"), std::string::npos) << r.err;
+}

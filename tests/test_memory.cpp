@@ -13,11 +13,13 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <random>
 #include <thread>
 
 #include "aggregate.h"
 #include "error.h"
 #include "memory.h"
+#include "unlearn.h"
 #include "npy.h"
 #include "textio.h"
 #include "util_test.h"
@@ -357,4 +359,28 @@ TEST(Memory, KilledAddLeavesMemoryAsBefore) {
   std::vector<float> z = random_unit(1, d, 17);
   m.add({"new"}, {"l"}, z.data());
   EXPECT_EQ(Memory::open(p).size(), small + 1);
+}
+
+TEST(Memory, ByteScanFindsAnyWindowAtAnyOffset) {
+  // The unlearning receipt's scanner against planted copies: a 64-byte window
+  // of one of many vectors, at an odd offset, inside random bytes.
+  const int d = 64;
+  std::vector<std::vector<float>> vecs;
+  std::vector<float> all = random_unit(40, d, 77);
+  for (int i = 0; i < 40; ++i) vecs.emplace_back(all.begin() + i * d, all.begin() + (i + 1) * d);
+  vecs[3][20] = 0.0f;  // zeros inside a window are fine
+  std::mt19937 g(3);
+  std::string bytes(1 << 20, '\0');
+  for (auto& c : bytes) c = static_cast<char>(g());
+  EXPECT_FALSE(contains_embedding_bytes(bytes, vecs, d));
+  std::string planted = bytes;
+  std::memcpy(planted.data() + 123457, vecs[3].data() + 16, 64);  // floats 16..31 of vector 3
+  EXPECT_TRUE(contains_embedding_bytes(planted, vecs, d));
+  // A window cut short by the end of the bytes is not a match; a whole one at the very end is.
+  std::string tail = bytes.substr(0, 1000) + std::string(reinterpret_cast<const char*>(vecs[39].data() + 48), 60);
+  EXPECT_FALSE(contains_embedding_bytes(tail, vecs, d));
+  tail = bytes.substr(0, 1001) + std::string(reinterpret_cast<const char*>(vecs[39].data() + 48), 64);
+  EXPECT_TRUE(contains_embedding_bytes(tail, vecs, d));
+  // All-zero vectors never match zeroed pages.
+  EXPECT_FALSE(contains_embedding_bytes(std::string(4096, '\0'), {std::vector<float>(d, 0.0f)}, d));
 }
