@@ -16,6 +16,7 @@
 #include "error.h"
 #include "flat_index.h"
 #include "prune.h"
+#include <optional>
 
 namespace vismem {
 
@@ -146,6 +147,13 @@ void l2_normalize_rows(float* x, int64_t n, int d, const std::string& what) {
 Memory::Memory(Memory&&) noexcept = default;
 Memory& Memory::operator=(Memory&&) noexcept = default;
 Memory::~Memory() = default;
+
+bool has_table(const Memory::Db& db, const char* name) {
+  Stmt s(db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?");
+  s.text(1, name);
+  s.step();
+  return sqlite3_column_int(s.s, 0) > 0;
+}
 
 Memory Memory::create(const std::string& path, const CreateOptions& opt) {
   if (opt.dim <= 0 || opt.dim > 65536) throw Error("memory dimension must be in 1..65536, got " + std::to_string(opt.dim));
@@ -294,6 +302,13 @@ void Memory::load() {
     if (static_cast<int64_t>(keys.size()) == chunk) flush();
   }
   flush();
+  if (has_table(*db_, "prune_kth")) {
+    Stmt k(*db_, "SELECT seq, kth FROM prune_kth");
+    while (k.step()) {
+      auto it = by_seq_.find(sqlite3_column_int64(k.s, 0));
+      if (it != by_seq_.end()) it->second.kth = sqlite3_column_double(k.s, 1);
+    }
+  }
 }
 
 int Memory::dim() const { return dim_; }
@@ -345,6 +360,19 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
       action[i] = mode == AddMode::upsert ? 1 : 2;
     }
   }
+  // Current pruning counts stay current: the upkeep looks at the memory before
+  // the change and searches again only the lists the new items can enter.
+  std::optional<CountsUpkeep> upkeep;
+  {
+    std::vector<std::string> up_ids;
+    std::vector<float> up_x;
+    for (int64_t i = 0; i < n; ++i)
+      if (action[i] != 2) {
+        up_ids.push_back(ids[i]);
+        up_x.insert(up_x.end(), rows.begin() + i * dim_, rows.begin() + (i + 1) * dim_);
+      }
+    if (!up_ids.empty()) upkeep = CountsUpkeep::before_add(*this, up_ids, up_x.data(), static_cast<int64_t>(up_ids.size()));
+  }
   std::string now = now_utc();
   std::vector<int64_t> new_seq(n, -1);
   std::vector<int64_t> replaced_seq;
@@ -391,6 +419,7 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
     by_seq_.emplace(it.seq, std::move(it));
   }
   if (!add_keys.empty()) index_->add(static_cast<int64_t>(add_keys.size()), add_x.data(), add_keys.data());
+  if (upkeep) upkeep->after(*this);
   if (r.replaced > 0) checkpoint();  // replaced vectors must not linger in the WAL
   return r;
 }
@@ -408,10 +437,28 @@ int64_t Memory::remove(const std::vector<std::string>& ids, bool ignore_missing)
     seqs.push_back(it->second);
   }
   if (seqs.empty()) return 0;
+  std::vector<std::string> present;
+  for (int64_t s : seqs) present.push_back(by_seq_.at(s).id);
+  // Current counts are updated exactly (the removed items' votes go away, the
+  // lists they were in are searched again). Stale counts would keep the removed
+  // items' influence, so they are cleared in the same transaction.
+  std::optional<CountsUpkeep> upkeep = CountsUpkeep::before_remove(*this, present);
+  const bool clear_counts = !upkeep && meta("counts_generation", "-1") != "-1";
+  const bool kth_table = has_table(*db_, "prune_kth");
   {
     Txn t(*db_);
     Stmt del(*db_, "DELETE FROM items WHERE seq=?");
     for (int64_t s : seqs) del.i64(1, s).run();
+    if (kth_table) {
+      Stmt dk(*db_, "DELETE FROM prune_kth WHERE seq=?");
+      for (int64_t s : seqs) dk.i64(1, s).run();
+    }
+    if (clear_counts) {
+      db_->exec("UPDATE items SET wrong=0, correct=0, reliability=1.0");
+      if (kth_table) db_->exec("DELETE FROM prune_kth");
+      set_meta("counts_generation", "-1");
+      set_meta("counts_k", "0");
+    }
     touch();
     t.commit();
   }
@@ -420,6 +467,13 @@ int64_t Memory::remove(const std::vector<std::string>& ids, bool ignore_missing)
     seq_of_.erase(by_seq_.at(s).id);
     by_seq_.erase(s);
   }
+  if (clear_counts)
+    for (auto& [s, it] : by_seq_) {
+      it.wrong = it.correct = 0;
+      it.reliability = 1.0;
+      it.kth = -1;
+    }
+  if (upkeep) upkeep->after(*this);
   checkpoint();
   return static_cast<int64_t>(seqs.size());
 }
@@ -504,14 +558,19 @@ std::vector<std::string> Memory::labels() const {
 }
 
 void Memory::set_counts(const Counts& c, int k) {
-  if (c.ids.size() != c.wrong.size() || c.ids.size() != c.correct.size()) throw Error("set_counts: length mismatch");
+  if (c.ids.size() != c.wrong.size() || c.ids.size() != c.correct.size() || (!c.kth.empty() && c.kth.size() != c.ids.size()))
+    throw Error("set_counts: length mismatch");
   {
     Txn t(*db_);
+    db_->exec("CREATE TABLE IF NOT EXISTS prune_kth(seq INTEGER PRIMARY KEY, kth REAL NOT NULL)");
     Stmt up(*db_, "UPDATE items SET wrong=?, correct=?, reliability=? WHERE id=?");
+    Stmt kt(*db_, "INSERT OR REPLACE INTO prune_kth(seq, kth) VALUES(?,?)");
     for (size_t i = 0; i < c.ids.size(); ++i) {
-      if (!seq_of_.count(c.ids[i])) throw Error("set_counts: no item with id '" + c.ids[i] + "'");
+      auto at = seq_of_.find(c.ids[i]);
+      if (at == seq_of_.end()) throw Error("set_counts: no item with id '" + c.ids[i] + "'");
       double rho = reliability_weight(c.wrong[i]);
       up.i64(1, c.wrong[i]).i64(2, c.correct[i]).real(3, rho).text(4, c.ids[i]).run();
+      if (!c.kth.empty()) kt.i64(1, at->second).real(2, c.kth[i]).run();
     }
     set_meta("counts_generation", meta("generation", "0"));
     set_meta("counts_k", std::to_string(k));
@@ -522,7 +581,13 @@ void Memory::set_counts(const Counts& c, int k) {
     it.wrong = c.wrong[i];
     it.correct = c.correct[i];
     it.reliability = reliability_weight(c.wrong[i]);
+    if (!c.kth.empty()) it.kth = c.kth[i];
   }
+}
+
+bool Memory::counts_current() const {
+  std::string cg = meta("counts_generation", "-1");
+  return cg != "-1" && cg == meta("generation", "0");
 }
 
 void Memory::set_pruning(const std::string& mode, double threshold) {

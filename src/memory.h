@@ -42,6 +42,7 @@ struct ItemInfo {
   double reliability = 1.0;  // soft-pruning weight rho
   int64_t wrong = 0;         // pruning counts (SPEC section 4)
   int64_t correct = 0;
+  double kth = -1;           // distance of its k-th leave-one-out neighbor when counted (-1: unknown)
 };
 
 struct MemoryInfo {
@@ -103,6 +104,7 @@ class Memory {
   // Validates everything first (lengths, dimension, NaN/Inf, zero vectors,
   // empty or duplicate ids in the batch, existing ids per mode), then writes
   // the whole batch in one transaction. x: n * dim() row-major, any norm.
+  // Current pruning counts stay current (CountsUpkeep, prune.h).
   // progress(done, total) is called from the writing thread now and then.
   AddResult add(const std::vector<std::string>& ids, const std::vector<std::string>& labels, const float* x,
                 AddMode mode = AddMode::strict,
@@ -110,6 +112,8 @@ class Memory {
 
   // Removes the items (one transaction), zeroes their bytes on disk and
   // truncates the WAL. Unknown ids are an error unless ignore_missing.
+  // Current pruning counts are updated exactly (CountsUpkeep, prune.h);
+  // stale ones are cleared, since they would keep the removed items' votes.
   int64_t remove(const std::vector<std::string>& ids, bool ignore_missing = false);
   int64_t remove_label(const std::string& label);
 
@@ -125,12 +129,15 @@ class Memory {
   std::vector<float> embedding(const std::string& id) const;  // the stored, normalized vector
   std::vector<std::string> labels() const;       // distinct labels, sorted
 
-  // Pruning state (SPEC section 4), written in one transaction.
+  // Pruning state (SPEC section 4), written in one transaction. ids may be a
+  // subset (an incremental update); kth: per id, or empty (not stored).
   struct Counts {
     std::vector<std::string> ids;
     std::vector<int64_t> wrong, correct;
+    std::vector<double> kth;
   };
   void set_counts(const Counts& counts, int k);
+  bool counts_current() const;  // computed, and nothing changed since
   // mode: "none" | "hard" | "soft"; classify/eval apply it through excluded() and weight().
   void set_pruning(const std::string& mode, double threshold);
   // OOD threshold fitted on in-distribution queries (see MemoryInfo).
