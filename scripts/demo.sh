@@ -3,7 +3,8 @@
 #   1. builds a visual memory of Imagenette train (2,500 photos, 10 classes) with
 #      the default encoder (MobileNet V1 embedder, ../shared/models),
 #   2. evaluates it on Imagenette val (1,500 photos): accuracy@k for the four voting rules,
-#   3. classifies one photo and shows the neighbors that decided.
+#   3. classifies one photo and shows the neighbors that decided,
+#   4. writes the same decision as a self-contained HTML page (.cache/demo/explain.html).
 # The memory and the query neighbors are cached in .cache/demo/: a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,3 +37,8 @@ echo
 echo "== 3. one decision, explained by its neighbors"
 IMG=$(ls "$DATA/val/n03888257"/* | head -n 1)
 $V classify "$MEM" "$IMG" --k 20 --vote rank --show 8
+
+echo
+echo "== 4. the same decision as a page: neighbors' thumbnails, vote weights, the residual's second concept"
+$V explain "$MEM" "$IMG" --k 20 --vote rank --html "$CACHE/explain.html"
+echo "open $CACHE/explain.html in a browser"
