@@ -82,8 +82,9 @@ void add_eval_commands(CLI::App& app) {
     struct A {
       std::string mem, query_dir, neighbors, emb, labels, ids, exclude, reliability, model, out_neighbors, pruning = "memory",
           taxonomy, levels;
-      bool json = false, normalize = false, exclude_self = false;
+      bool json = false, normalize = false, exclude_self = false, abstain = false;
       int k = 0, threads = 0, batch = 32;
+      double ood_threshold = -1;
     };
     auto a = std::make_shared<A>();
     c->add_option("memory", a->mem, "Memory file (instead of --neighbors)");
@@ -101,6 +102,9 @@ void add_eval_commands(CLI::App& app) {
     c->add_option("--pruning", a->pruning, "With a memory: 'memory' applies its pruning mode (vismem prune), 'none' ignores it")
         ->check(CLI::IsMember({"memory", "none"}));
     c->add_option("--out-neighbors", a->out_neighbors, "Also write the neighbor lists (with a memory)");
+    c->add_flag("--abstain", a->abstain,
+                "With a memory: also report coverage and accuracy on the queries kept by the OOD threshold (vismem ood-fit)");
+    c->add_option("--ood-threshold", a->ood_threshold, "OOD threshold for --abstain (default: the stored one)");
     c->add_option("--taxonomy", a->taxonomy, "Taxonomy file (LEAF<TAB>ROOT > ... > LEAF): accuracy per level too");
     c->add_option("--levels", a->levels, "Taxonomy depths, e.g. 4,6,8 (default: every depth)");
     c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
@@ -113,9 +117,13 @@ void add_eval_commands(CLI::App& app) {
       opt.normalize_distances = a->normalize;
       if (a->k < 0) throw Error("--k must be positive");
       opt.k = a->k;
+      if (a->abstain && !a->taxonomy.empty()) throw Error("--abstain and --taxonomy: run them separately");
       std::vector<QueryNeighbors> qs;
+      int ood_k = 0;
+      double ood_threshold = -1;
       if (!a->neighbors.empty()) {
         if (!a->mem.empty()) throw Error("give either --neighbors FILE or a memory, not both");
+        if (a->abstain) throw Error("--abstain needs a memory (its OOD threshold)");
         qs = read_neighbor_file(a->neighbors);
       } else {
         if (a->mem.empty()) throw Error("eval needs --neighbors FILE, or a memory with --embeddings/--labels or a query folder");
@@ -127,13 +135,42 @@ void add_eval_commands(CLI::App& app) {
         if (q.labels.empty()) throw Error("eval needs the queries' true labels (--labels)");
         if (a->exclude_self && q.ids.empty()) throw Error("--exclude-self needs --ids");
         int k = a->k ? a->k : 100;
-        auto res = mem.search(q.x.data.data(), q.x.rows, k, a->exclude_self ? q.ids : std::vector<std::string>{}, a->threads);
-        qs = to_query_neighbors(res, q.ids, q.labels, mem.info().model_id);
+        // --abstain needs the OOD score's neighbors too: search the larger of the two.
+        const MemoryInfo info = mem.info();
+        if (a->abstain) {
+          if (a->ood_threshold < 0 && info.ood_k == 0)
+            throw Error("--abstain needs a threshold: run `vismem ood-fit` or give --ood-threshold");
+          ood_k = info.ood_k ? info.ood_k : 100;
+          ood_threshold = a->ood_threshold >= 0 ? a->ood_threshold : info.ood_threshold;
+        }
+        auto res = mem.search(q.x.data.data(), q.x.rows, std::max(k, ood_k),
+                              a->exclude_self ? q.ids : std::vector<std::string>{}, a->threads);
+        qs = to_query_neighbors(res, q.ids, q.labels, info.model_id);
         opt.k = static_cast<int>(std::min<int64_t>(k, mem.size()));
+        ood_k = static_cast<int>(std::min<int64_t>(ood_k, mem.size() - (a->exclude_self ? 1 : 0)));
         if (a->pruning == "memory") apply_memory_pruning(mem, opt);
         if (!a->out_neighbors.empty()) write_neighbor_file(a->out_neighbors, qs);
       }
       EvalResult r = evaluate(qs, opt);
+      if (a->abstain) {
+        std::vector<QueryNeighbors> kept;
+        for (auto& qn : qs)
+          if (ood_score(qn.distances, ood_k) <= ood_threshold) kept.push_back(qn);
+        double coverage = qs.empty() ? 0 : 100.0 * static_cast<double>(kept.size()) / static_cast<double>(qs.size());
+        nlohmann::ordered_json j = eval_json(r);
+        nlohmann::ordered_json ja = {{"threshold", ood_threshold}, {"ood_k", ood_k}, {"kept", kept.size()},
+                                     {"coverage", coverage}};
+        if (!kept.empty()) ja["kept_methods"] = eval_json(evaluate(kept, opt))["methods"];
+        if (a->json) {
+          j["abstain"] = ja;
+          std::cout << j.dump() << "\n";
+        } else {
+          std::cout << eval_table(r) << "\nabstaining above OOD score " << ood_threshold << " (median distance to "
+                    << ood_k << "): kept " << kept.size() << " of " << qs.size() << " queries (" << coverage << "%)\n";
+          if (!kept.empty()) std::cout << eval_table(evaluate(kept, opt));
+        }
+        return;
+      }
       if (a->taxonomy.empty()) {
         if (!a->levels.empty()) throw Error("--levels needs --taxonomy FILE");
         if (a->json) std::cout << eval_json(r).dump() << "\n";

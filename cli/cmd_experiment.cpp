@@ -26,7 +26,8 @@ void add_experiment_commands(CLI::App& app) {
   auto a = std::make_shared<A>();
   c->add_option("name", a->name, "lifelong | lifelong-split | pruning | scaling | hierarchy | ood | all")->required();
   c->add_option("--data", a->data, "Folder with tiny-imagenet/ and imagenette2/ (ImageFolder splits)");
-  c->add_option("--model", a->model, "Encoder for embedding the sets (used only for sets not cached yet)");
+  auto* model_opt = c->add_option("--model", a->model,
+                                  "Encoder for embedding the sets (sets already cached must have been made with it)");
   c->add_option("--cache", a->cache,
                 "Embedded sets, one memory per split: tiny_train.db, tiny_val.db, imagenette_train.db, imagenette_val.db "
                 "(built on first use; any memory with these names is used as it is)");
@@ -37,7 +38,7 @@ void add_experiment_commands(CLI::App& app) {
   c->add_option("--k", a->k, "Largest k evaluated")->check(CLI::PositiveNumber);
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
   c->add_option("--batch", a->batch, "Images per encoder batch (embedding the sets)");
-  c->callback([a] {
+  c->callback([a, model_opt] {
     std::vector<std::string> names = a->name == "all" ? experiment_names() : std::vector<std::string>{a->name};
     std::vector<std::string> needed;
     for (auto& n : names)
@@ -51,7 +52,7 @@ void add_experiment_commands(CLI::App& app) {
     fs::create_directories(a->cache);
     std::map<std::string, Memory> mems;
     std::map<std::string, LabeledSet> sets;
-    std::string model_id;
+    std::string model_id, explicit_fp;
     for (auto& s : needed) {
       auto [folder, file] = where.at(s);
       std::string db = (fs::path(a->cache) / file).string();
@@ -78,6 +79,13 @@ void add_experiment_commands(CLI::App& app) {
       }
       Memory m = Memory::open(db);
       if (m.size() == 0) throw Error(db + " is empty");
+      if (model_opt->count() > 0) {
+        // An explicit model must be the one the cached set was embedded with.
+        if (explicit_fp.empty()) explicit_fp = load_encoder(a->model)->fingerprint();
+        if (m.info().fingerprint != explicit_fp)
+          throw Error(db + " was embedded with " + m.info().model_id + ", not " + a->model +
+                      "; use another --cache folder for this model");
+      }
       std::string id = m.info().model_id + (m.info().fingerprint.empty() ? "" : " (" + m.info().fingerprint.substr(0, 12) + ")");
       if (!model_id.empty() && id != model_id) throw Error(db + ": embedded with " + id + ", the other sets with " + model_id);
       model_id = id;

@@ -182,3 +182,21 @@ TEST(CliClassify, RerankCommandAnswers) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("broken"), std::string::npos) << r.err;
 }
+
+TEST(CliClassify, EvalReportsCoverageWhenAbstaining) {
+  Fixture f;
+  std::string in = f.queries("in.npy", {{1, 0}, {3, 0}, {10, 0}, {17, 0}, {19, 0}, {89, 0}, {91, 0}, {179, 0}, {181, 0}});
+  ASSERT_EQ(run_cli("ood-fit " + f.mem + " --embeddings " + in + " --k 3 --fpr 0").exit_code, 0);
+  // Three queries on the circle (right, right, wrong) and one far off it.
+  std::string q = f.queries("q.npy", {{2, 0}, {179, 0}, {13, 0}, {2, 3}});
+  write_lines(f.t / "ql.txt", {"cat", "car", "trout", "cat"});
+  auto r = run_cli("eval " + f.mem + " --embeddings " + q + " --labels " + f.t / "ql.txt" + " --k 1 --abstain --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_DOUBLE_EQ(j["methods"]["plurality"]["accuracy_at_k"][0].get<double>(), 75.0);  // the far one is still a cat
+  EXPECT_EQ(j["abstain"]["kept"], 3);
+  EXPECT_DOUBLE_EQ(j["abstain"]["coverage"].get<double>(), 75.0);
+  EXPECT_NEAR(j["abstain"]["kept_methods"]["plurality"]["accuracy_at_k"][0].get<double>(), 200.0 / 3, 1e-9);
+  r = run_cli("eval " + f.mem + " --embeddings " + q + " --labels " + f.t / "ql.txt" + " --abstain --taxonomy " + f.t / "tax.tsv");
+  EXPECT_EQ(r.exit_code, 1);
+}

@@ -152,6 +152,11 @@ TEST(Experiment, AllExperimentsThroughTheCli) {
   auto bad = test::run_cli("experiment scaling --cache " + (t / "cache") + " --data " + (t / "nodata") + " --out " + (t / "res3"));
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("no such folder"), std::string::npos) << bad.err;
+  // An explicit --model must be the one the cached sets were made with.
+  auto other = test::run_cli("experiment lifelong --cache " + (t / "cache") + " --out " + (t / "res4") + " --model " +
+                             test::shared_dir() + "/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite");
+  EXPECT_EQ(other.exit_code, 1);
+  EXPECT_NE(other.err.find("another --cache folder"), std::string::npos) << other.err;
   auto unknown = test::run_cli("experiment nope --cache " + (t / "cache"));
   EXPECT_EQ(unknown.exit_code, 1);
   EXPECT_NE(unknown.err.find("unknown experiment"), std::string::npos) << unknown.err;
