@@ -303,7 +303,8 @@ TEST(ExplainCli, HtmlPageRendersInChromium) {
   ASSERT_FALSE(chromium.empty()) << "chromium is not installed: run scripts/setup.sh (it installs the Debian "
                                     "package chromium, which this test uses to render the page)";
   const std::string png = t / "shot.png";
-  const std::string cmd = chromium +
+  // `timeout`: a browser that hangs must fail the test, not stall CI.
+  const std::string cmd = "timeout 120 " + chromium +
                           " --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking"
                           " --no-first-run --hide-scrollbars --window-size=1200,1000 --user-data-dir=" +
                           t / "chromium-profile" + " --screenshot=" + png + " file://" + page + " >" + t / "chromium.log" +
