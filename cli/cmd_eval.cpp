@@ -12,6 +12,7 @@
 #include "decision.h"
 #include "rerank.h"
 #include "taxonomy.h"
+#include "textio.h"
 #include "calibration.h"
 #include <optional>
 
@@ -263,7 +264,7 @@ void add_eval_commands(CLI::App& app) {
   {
     auto* c = app.add_subcommand("classify", "Predict labels for queries, with the neighbors that decided");
     struct A {
-      std::string mem, emb, ids, model, vote = "rank", taxonomy, levels, rerank_cmd;
+      std::string mem, emb, ids, model, vote = "rank", taxonomy, levels, rerank_cmd, label_names;
       std::vector<std::string> images;
       int k = 20, threads = 0, batch = 32, show = 10, ood_k = 0, rerank_timeout = 60;
       double confident = 0, ood_threshold = -1;
@@ -287,6 +288,7 @@ void add_eval_commands(CLI::App& app) {
         ->check(CLI::PositiveNumber);
     c->add_option("--ood-threshold", a->ood_threshold, "OOD threshold (default: the one `vismem ood-fit` stored)");
     c->add_flag("--abstain", a->abstain, "Answer no label for queries whose OOD score exceeds the threshold");
+    c->add_option("--label-names", a->label_names, "LABEL<TAB>NAME file (e.g. a dataset's classes.tsv): names beside labels");
     c->add_option("--rerank-cmd", a->rerank_cmd, "External re-ranker: gets the query and its k neighbors as JSON on stdin, answers a label");
     c->add_option("--rerank-timeout", a->rerank_timeout, "Seconds the re-ranker may take per query")->check(CLI::PositiveNumber);
     c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
@@ -326,6 +328,12 @@ void add_eval_commands(CLI::App& app) {
         query_paths = q.ids;
       } else throw Error("classify needs image files or --embeddings Q.npy");
       Vote vote = parse_vote(a->vote);
+      std::unordered_map<std::string, std::string> names;
+      if (!a->label_names.empty()) names = read_label_names(a->label_names);
+      auto named = [&](const std::string& l) {
+        auto it = names.find(l);
+        return it == names.end() || it->second == l ? l : l + " (" + it->second + ")";
+      };
       auto res = mem.search(q.x.data.data(), q.x.rows, std::max(a->k, ood_k), {}, a->threads);
       nlohmann::json out = nlohmann::json::array();
       for (int64_t i = 0; i < q.x.rows; ++i) {
@@ -350,8 +358,12 @@ void add_eval_commands(CLI::App& app) {
           j["out_of_distribution"] = ood > ood_threshold;
         }
         if (a->abstain) j["abstained"] = abstained;
+        if (!names.empty() && !abstained && names.count(d.prediction)) j["prediction_name"] = names.at(d.prediction);
         nlohmann::json js = nlohmann::json::array();
-        for (auto& [l, s] : d.scores) js.push_back({{"label", l}, {"score", s}});
+        for (auto& [l, s] : d.scores) {
+          js.push_back({{"label", l}, {"score", s}});
+          if (names.count(l)) js.back()["name"] = names.at(l);
+        }
         j["scores"] = js;
         nlohmann::json jn = nlohmann::json::array();
         for (size_t r = 0; r < nn.size(); ++r)
@@ -386,7 +398,7 @@ void add_eval_commands(CLI::App& app) {
           out.push_back(std::move(j));
           continue;
         }
-        std::string shown = abstained ? "(abstain: out of distribution)" : !reranked.empty() ? reranked : d.prediction;
+        std::string shown = abstained ? "(abstain: out of distribution)" : named(!reranked.empty() ? reranked : d.prediction);
         std::printf("%s\n  prediction: %s  (%s vote over k=%d, share %.2f)\n", qid.c_str(), shown.c_str(), a->vote.c_str(),
                     k, d.score_share);
         if (!reranked.empty()) std::printf("  re-ranker answered %s; the vote said %s\n", reranked.c_str(), d.prediction.c_str());
@@ -397,11 +409,11 @@ void add_eval_commands(CLI::App& app) {
                       h.levels[l].decision.score_share, static_cast<int>(l) == h.confident_level ? "  <- confident" : "");
         std::printf("  scores:");
         for (size_t s = 0; s < std::min<size_t>(d.scores.size(), 5); ++s)
-          std::printf(" %s=%.4g", d.scores[s].first.c_str(), d.scores[s].second);
+          std::printf(" %s=%.4g", named(d.scores[s].first).c_str(), d.scores[s].second);
         std::printf("\n  nearest:\n");
         for (size_t r = 0; r < std::min<size_t>(nn.size(), static_cast<size_t>(a->show)); ++r)
           std::printf("    %3zu  d=%.4f  w=%.4g  %-20s %s\n", r + 1, nn[r].distance, d.neighbor_weights[r],
-                      nn[r].label.c_str(), nn[r].id.c_str());
+                      named(nn[r].label).c_str(), nn[r].id.c_str());
       }
       if (a->json) std::cout << (out.size() == 1 ? out[0] : out).dump(2) << "\n";
     });

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "common.h"
+#include "textio.h"
 #include "decision.h"
 #include "error.h"
 #include "explain.h"
@@ -76,7 +77,7 @@ std::vector<std::string> neighbor_paths(const Memory& mem, const std::vector<std
 void add_explain_commands(CLI::App& app) {
   auto* c = app.add_subcommand("explain", "Explain one image's decision: neighbors, votes, confidence, residual (HTML or text)");
   struct A {
-    std::string mem, image, model, vote = "rank", html, rerank_cmd;
+    std::string mem, image, model, vote = "rank", html, rerank_cmd, label_names;
     std::vector<std::string> image_roots;
     int k = 20, show = 10, threads = 0, rerank_timeout = 60;
   };
@@ -90,6 +91,7 @@ void add_explain_commands(CLI::App& app) {
   c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
   c->add_option("--image-root", a->image_roots,
                 "Folder where neighbor ids are looked up as files (repeatable; before the folders `vismem add` recorded)");
+  c->add_option("--label-names", a->label_names, "LABEL<TAB>NAME file (e.g. a dataset's classes.tsv): names shown beside labels");
   c->add_option("--html", a->html, "Write a self-contained HTML page here (images inlined)");
   c->add_option("--rerank-cmd", a->rerank_cmd,
                 "Re-ranker: a shell command that reads the query + neighbors as JSON on stdin and prints a label");
@@ -116,6 +118,7 @@ void add_explain_commands(CLI::App& app) {
     Explanation e;
     MemoryInfo info = mem.info();
     e.query_id = a->image;
+    if (!a->label_names.empty()) e.label_names = read_label_names(a->label_names);
     e.query_thumbnail = thumbnail_jpeg(query, 2 * kThumbSide);
     e.memory = a->mem;
     e.model_id = info.model_id;

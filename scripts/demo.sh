@@ -36,9 +36,9 @@ fi
 echo
 echo "== 3. one decision, explained by its neighbors"
 IMG=$(ls "$DATA/val/n03888257"/* | head -n 1)
-$V classify "$MEM" "$IMG" --k 20 --vote rank --show 8
+$V classify "$MEM" "$IMG" --k 20 --vote rank --show 8 --label-names "$DATA/classes.tsv"
 
 echo
 echo "== 4. the same decision as a page: neighbors' thumbnails, vote weights, the residual's second concept"
-$V explain "$MEM" "$IMG" --k 20 --vote rank --html "$CACHE/explain.html"
+$V explain "$MEM" "$IMG" --k 20 --vote rank --label-names "$DATA/classes.tsv" --html "$CACHE/explain.html"
 echo "open $CACHE/explain.html in a browser"

@@ -62,7 +62,17 @@ tr.win .bar{background:#e8a200}
 .rerank{font-weight:bold;color:#639}
 )css";
 
-void tile(std::string& h, const ExplainNeighbor& n, const std::string& prediction) {
+using Names = std::unordered_map<std::string, std::string>;
+
+// A label as HTML, with its readable name when one is known.
+std::string label_html(const std::string& label, const Names& names) {
+  auto it = names.find(label);
+  std::string h = html_escape(label);
+  if (it != names.end() && it->second != label) h += " <span class=\"note\">" + html_escape(it->second) + "</span>";
+  return h;
+}
+
+void tile(std::string& h, const ExplainNeighbor& n, const std::string& prediction, const Names& names) {
   std::string cls = "tile";
   if (n.label != prediction) cls += " other";
   if (n.excluded) cls += " excluded";
@@ -70,14 +80,14 @@ void tile(std::string& h, const ExplainNeighbor& n, const std::string& predictio
   const std::string uri = n.thumbnail.empty() ? "" : data_uri(n.thumbnail);
   if (!uri.empty()) h += "<img src=\"" + uri + "\" alt=\"" + html_escape(n.id) + "\">";
   else h += "<div class=\"ph\">no image<br>" + html_escape(n.id) + "</div>";
-  h += "<figcaption><b>#" + std::to_string(n.rank) + "</b> <span class=\"lab\">" + html_escape(n.label) + "</span><br>";
+  h += "<figcaption><b>#" + std::to_string(n.rank) + "</b> <span class=\"lab\">" + label_html(n.label, names) + "</span><br>";
   h += "<span class=\"id\">" + html_escape(n.id) + "</span><br>";
   h += "d=" + num(n.distance) + " &middot; w=" + score_str(n.weight);
   if (n.excluded) h += "<br><span class=\"ex\">excluded (pruned)</span>";
   h += "</figcaption></figure>\n";
 }
 
-void score_bars(std::string& h, const Decision& d) {
+void score_bars(std::string& h, const Decision& d, const Names& names) {
   double total = 0, top = 0;
   for (auto& [l, s] : d.scores) {
     total += s;
@@ -87,7 +97,7 @@ void score_bars(std::string& h, const Decision& d) {
   for (auto& [l, s] : d.scores) {
     if (!(s > 0)) continue;
     const double width = top > 0 ? 100.0 * s / top : 0;
-    h += std::string("<tr") + (l == d.prediction ? " class=\"win\"" : "") + "><td>" + html_escape(l) +
+    h += std::string("<tr") + (l == d.prediction ? " class=\"win\"" : "") + "><td>" + label_html(l, names) +
          "</td><td class=\"barcell\"><div class=\"bar\" style=\"width:" + num(width, 1) + "%\"></div></td><td>" +
          score_str(s) + "</td><td>" + num(total > 0 ? s / total : 0, 3) + "</td></tr>\n";
   }
@@ -205,7 +215,7 @@ std::string explain_html(const Explanation& e) {
   auto fact = [&](const std::string& k, const std::string& v_html) {
     h += "<tr><td>" + k + "</td><td>" + v_html + "</td></tr>\n";
   };
-  fact("prediction", "<span class=\"pred\">" + html_escape(d.prediction) + "</span>");
+  fact("prediction", "<span class=\"pred\">" + label_html(d.prediction, e.label_names) + "</span>");
   if (e.rerank) {
     std::string v = "<span class=\"rerank\">" + html_escape(e.rerank->label) + "</span>";
     if (e.rerank->confidence) v += " (confidence " + num(*e.rerank->confidence, 3) + ")";
@@ -227,12 +237,12 @@ std::string explain_html(const Explanation& e) {
   // (2) the neighbors that decided
   h += "<h2>Nearest neighbors (" + std::to_string(e.neighbors.size()) + " of k = " + std::to_string(e.k) + ")</h2>\n";
   h += "<div class=\"row\">\n";
-  for (const ExplainNeighbor& n : e.neighbors) tile(h, n, d.prediction);
+  for (const ExplainNeighbor& n : e.neighbors) tile(h, n, d.prediction, e.label_names);
   h += "</div>\n";
 
   // (3) per-class totals
   h += "<h2>Class scores (" + html_escape(e.vote) + " vote)</h2>\n";
-  score_bars(h, d);
+  score_bars(h, d, e.label_names);
 
   // (4) compositionality residual
   h += "<h2>Compositionality residual</h2>\n";
@@ -247,11 +257,11 @@ std::string explain_html(const Explanation& e) {
       h += "<p><b>The residual is zero</b>: the query's embedding equals its nearest neighbor's, so there is no second "
            "concept to search for.</p>\n";
     } else {
-      h += "<p>second concept: <span class=\"pred\">" + html_escape(r.decision.prediction) + "</span> <span class=\"note\">(" +
+      h += "<p>second concept: <span class=\"pred\">" + label_html(r.decision.prediction, e.label_names) + "</span> <span class=\"note\">(" +
            html_escape(e.vote) + " vote over k = " + std::to_string(r.decision.k) + ", score share " +
            num(r.decision.score_share, 3) + ")</span></p>\n";
       h += "<div class=\"row\">\n";
-      for (const ExplainNeighbor& n : r.neighbors) tile(h, n, r.decision.prediction);
+      for (const ExplainNeighbor& n : r.neighbors) tile(h, n, r.decision.prediction, e.label_names);
       h += "</div>\n";
     }
   }
@@ -262,7 +272,11 @@ std::string explain_html(const Explanation& e) {
 std::string explain_text(const Explanation& e) {
   const Decision& d = e.decision;
   std::string t = e.query_id + "\n";
-  t += "  prediction: " + d.prediction + "  (" + e.vote + " vote over k=" + std::to_string(e.k) + "; score share " +
+  auto named = [&](const std::string& l) {
+    auto it = e.label_names.find(l);
+    return it == e.label_names.end() || it->second == l ? l : l + " (" + it->second + ")";
+  };
+  t += "  prediction: " + named(d.prediction) + "  (" + e.vote + " vote over k=" + std::to_string(e.k) + "; score share " +
        num(d.score_share, 2) + ", vote share " + num(d.vote_share, 2) + ", entropy " + num(d.entropy, 2) +
        ", OOD score " + num(e.ood_score) + ")\n";
   if (e.rerank) {

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "decision.h"
@@ -58,6 +59,8 @@ struct Explanation {
   std::optional<ExplainResidual> residual;
   std::optional<RerankAnswer> rerank;
   std::string rerank_command;
+  // Optional readable names for labels (e.g. wnid -> "tench"), shown beside them.
+  std::unordered_map<std::string, std::string> label_names;
 };
 
 std::string explain_html(const Explanation& e);

@@ -30,6 +30,29 @@ std::string read_text_file(const std::string& path) {
   return ss.str();
 }
 
+std::unordered_map<std::string, std::string> read_label_names(const std::string& path) {
+  std::unordered_map<std::string, std::string> out;
+  std::string text = read_text_file(path), line;
+  size_t pos = 0;
+  int no = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    line = text.substr(pos, end - pos);
+    pos = end + 1;
+    ++no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line[0] == '#') continue;
+    size_t tab = line.find('\t');
+    if (tab == std::string::npos || tab == 0 || tab + 1 == line.size())
+      throw Error(path + ":" + std::to_string(no) + ": expected LABEL<TAB>NAME");
+    if (!out.emplace(line.substr(0, tab), line.substr(tab + 1)).second)
+      throw Error(path + ":" + std::to_string(no) + ": label " + line.substr(0, tab) + " listed twice");
+  }
+  if (out.empty()) throw Error(path + ": no LABEL<TAB>NAME lines");
+  return out;
+}
+
 void write_text_file(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);
   if (!f) throw Error("cannot write " + path);

@@ -200,3 +200,19 @@ TEST(CliClassify, EvalReportsCoverageWhenAbstaining) {
   r = run_cli("eval " + f.mem + " --embeddings " + q + " --labels " + f.t / "ql.txt" + " --abstain --taxonomy " + f.t / "tax.tsv");
   EXPECT_EQ(r.exit_code, 1);
 }
+
+TEST(CliClassify, LabelNamesBesideLabels) {
+  Fixture f;
+  write_text_file(f.t / "names.tsv", "cat\tdomestic cat\ndog\tdomestic dog\n");
+  std::string q = f.queries("q.npy", {{1, 0}});
+  auto r = run_cli("classify " + f.mem + " --embeddings " + q + " --k 4 --vote plurality --json --label-names " + f.t / "names.tsv");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["prediction"], "cat");  // labels stay as stored
+  EXPECT_EQ(j["prediction_name"], "domestic cat");
+  EXPECT_EQ(j["scores"][1]["name"], "domestic dog");
+  r = run_cli("classify " + f.mem + " --embeddings " + q + " --label-names " + f.t / "names.tsv");
+  EXPECT_NE(r.out.find("prediction: cat (domestic cat)"), std::string::npos) << r.out;
+  r = run_cli("classify " + f.mem + " --embeddings " + q + " --label-names " + f.t / "missing.tsv");
+  EXPECT_EQ(r.exit_code, 1);
+}

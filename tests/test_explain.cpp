@@ -14,6 +14,7 @@
 
 #include "error.h"
 #include "explain.h"
+#include "textio.h"
 #include "image.h"
 #include "util_test.h"
 
@@ -201,6 +202,26 @@ TEST(Explain, HtmlHasEveryNeighborEscapedWithResidualAndPlaceholder) {
   ASSERT_EQ(uris.size(), 5u);
   for (auto& u : uris) EXPECT_EQ(base64_decode(u), thumb);
   EXPECT_EQ(h.find("re-ranker"), std::string::npos);  // none given
+}
+
+TEST(Explain, LabelNamesAreShownEscapedBesideLabels) {
+  Explanation e = sample({});
+  e.label_names = {{"hat", "top <hat>"}, {"cat & dog", "pets"}};
+  std::string h = explain_html(e);
+  EXPECT_NE(h.find("top &lt;hat&gt;"), std::string::npos);   // residual's second concept and its tiles
+  EXPECT_NE(h.find("cat &amp; dog <span class=\"note\">pets</span>"), std::string::npos);
+  EXPECT_EQ(h.find("top <hat>"), std::string::npos);
+  EXPECT_NE(explain_text(e).find("prediction: cat & dog (pets)"), std::string::npos) << explain_text(e);
+  // The file format: LABEL<TAB>NAME, comments and blank lines skipped, errors named.
+  test::TempDir t;
+  write_text_file(t / "names.tsv", "# label\tname\nn01\ttench, Tinca tinca\r\n\nn02\tspringer\n");
+  auto names = read_label_names(t / "names.tsv");
+  EXPECT_EQ(names.size(), 2u);
+  EXPECT_EQ(names.at("n01"), "tench, Tinca tinca");
+  write_text_file(t / "bad.tsv", "n01 tench\n");
+  EXPECT_THROW(read_label_names(t / "bad.tsv"), Error);
+  write_text_file(t / "dup.tsv", "n01\ta\nn01\tb\n");
+  EXPECT_THROW(read_label_names(t / "dup.tsv"), Error);
 }
 
 TEST(Explain, ZeroResidualAndRerankAnswerAreStated) {
