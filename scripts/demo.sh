@@ -35,7 +35,8 @@ fi
 
 echo
 echo "== 3. one decision, explained by its neighbors"
-IMG=$(ls "$DATA/val/n03888257"/* | head -n 1)
+imgs=("$DATA/val/n03888257"/*)   # a glob, not ls | head: that can die of SIGPIPE under pipefail
+IMG=${imgs[0]}
 $V classify "$MEM" "$IMG" --k 20 --vote rank --show 8 --label-names "$DATA/classes.tsv"
 
 echo
