@@ -10,6 +10,7 @@
 #include "eval.h"
 #include "neighbors.h"
 #include "pipeline.h"
+#include "prune.h"
 #include "textio.h"
 #include "unlearn.h"
 
@@ -63,6 +64,12 @@ void add_image_folder(Memory& mem, const std::string& dir, const std::string& mo
   // Chunks of a few thousand: each chunk is committed on its own, so an
   // interrupted run resumes where it stopped (ids already present are skipped).
   const size_t chunk = 2048;
+  // Current pruning counts: for more than one chunk, one recount at the end
+  // is cheaper than an incremental upkeep per chunk (each would reach much
+  // of the memory). A killed run leaves them stale, which info reports.
+  const int counts_k = mem.info().counts_k;
+  const bool recount = mem.counts_current() && todo.size() > chunk;
+  if (recount) mem.set_counts_upkeep(false);
   Progress bar("embedding", static_cast<int64_t>(todo.size()));
   int64_t added = 0, failed = 0;
   for (size_t start = 0; start < todo.size(); start += chunk) {
@@ -87,6 +94,11 @@ void add_image_folder(Memory& mem, const std::string& dir, const std::string& mo
     added += ar.added + ar.replaced;
   }
   bar.finish();
+  if (recount) {
+    std::cerr << "recounting pruning counts (k=" << counts_k << ") for " << mem.size() << " items\n";
+    mem.set_counts(compute_prune_counts(mem, counts_k, threads), counts_k);
+    mem.set_counts_upkeep(true);
+  }
   std::cout << "added " << added << " images, " << failed << " unreadable (skipped); memory now holds " << mem.size()
             << " items\n";
 }

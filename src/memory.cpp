@@ -371,7 +371,8 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
         up_ids.push_back(ids[i]);
         up_x.insert(up_x.end(), rows.begin() + i * dim_, rows.begin() + (i + 1) * dim_);
       }
-    if (!up_ids.empty()) upkeep = CountsUpkeep::before_add(*this, up_ids, up_x.data(), static_cast<int64_t>(up_ids.size()));
+    if (!up_ids.empty() && counts_upkeep_)
+      upkeep = CountsUpkeep::before_add(*this, up_ids, up_x.data(), static_cast<int64_t>(up_ids.size()));
   }
   std::string now = now_utc();
   std::vector<int64_t> new_seq(n, -1);
@@ -442,7 +443,8 @@ int64_t Memory::remove(const std::vector<std::string>& ids, bool ignore_missing)
   // Current counts are updated exactly (the removed items' votes go away, the
   // lists they were in are searched again). Stale counts would keep the removed
   // items' influence, so they are cleared in the same transaction.
-  std::optional<CountsUpkeep> upkeep = CountsUpkeep::before_remove(*this, present);
+  std::optional<CountsUpkeep> upkeep;
+  if (counts_upkeep_) upkeep = CountsUpkeep::before_remove(*this, present);
   const bool clear_counts = !upkeep && meta("counts_generation", "-1") != "-1";
   const bool kth_table = has_table(*db_, "prune_kth");
   {

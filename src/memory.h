@@ -138,6 +138,10 @@ class Memory {
   };
   void set_counts(const Counts& counts, int k);
   bool counts_current() const;  // computed, and nothing changed since
+  // Incremental upkeep of current counts in add/remove (on by default; this
+  // handle only). A caller adding many batches turns it off and recounts once
+  // at the end; until then the counts read as stale.
+  void set_counts_upkeep(bool on) { counts_upkeep_ = on; }
   // mode: "none" | "hard" | "soft"; classify/eval apply it through excluded() and weight().
   void set_pruning(const std::string& mode, double threshold);
   // OOD threshold fitted on in-distribution queries (see MemoryInfo).
@@ -177,6 +181,7 @@ class Memory {
   std::unordered_map<std::string, int64_t> seq_of_;
   std::string prune_mode_ = "none";
   double prune_threshold_ = 0;
+  bool counts_upkeep_ = true;
 };
 
 // L2-normalizes each of the n rows of x (n * d) in place; the norm is taken in

@@ -160,6 +160,15 @@ TEST(Prune, IncrementalUpkeepEqualsRecount) {
   expect_counts_equal_recount(m, "after a batch larger than the memory");
   m.remove_label("c9");
   expect_counts_equal_recount(m, "after removing a label");
+  // Upkeep off (many batches, one recount at the end): the counts read stale.
+  m.set_counts_upkeep(false);
+  std::vector<float> w = random_unit(3, d, 45);
+  m.add({"w0", "w1", "w2"}, {"c0", "c1", "c2"}, w.data());
+  EXPECT_FALSE(m.counts_current());
+  EXPECT_TRUE(m.info().counts_stale());
+  m.set_counts(compute_prune_counts(m, k), k);
+  m.set_counts_upkeep(true);
+  expect_counts_equal_recount(m, "after a deferred recount");
 }
 
 TEST(Prune, RemovingFromStaleCountsClearsThem) {
