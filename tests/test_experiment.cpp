@@ -161,3 +161,48 @@ TEST(Experiment, AllExperimentsThroughTheCli) {
   EXPECT_EQ(unknown.exit_code, 1);
   EXPECT_NE(unknown.err.find("unknown experiment"), std::string::npos) << unknown.err;
 }
+
+TEST(Experiment, DiscoveryMatchesBuildingEachMemory) {
+  // The hierarchy experiment merges each query's neighbor list instead of
+  // building a memory per held-out class. Oracle: build them. At n = 0 (the
+  // class removed) and n >= class size (all of it) no random draw is involved.
+  std::vector<std::string> classes;
+  std::string tax;
+  for (int i = 0; i < 10; ++i) {
+    classes.push_back("t" + std::to_string(i));
+    tax += classes.back() + "\troot > h" + std::to_string(i % 2) + " > g" + std::to_string(i % 4) + " > x" +
+           std::to_string(i % 5) + " > h" + std::to_string(i % 2) + "g" + std::to_string(i % 4) + "x" + std::to_string(i % 5) +
+           " > " + classes.back() + "\n";
+  }
+  TempDir t;
+  write_text_file(t / "tax.tsv", tax);
+  LabeledSet train = clustered(classes, 9, 21, "tt", 0.3), val = clustered(classes, 3, 22, "tv", 0.3);
+  ExperimentData data;
+  data.get = [&](const std::string& n) -> const LabeledSet& { return n == "tiny/train" ? train : val; };
+  data.taxonomy = Taxonomy::read(t / "tax.tsv");
+  ExperimentReport r = run_experiment("hierarchy", data, {});
+  const Taxonomy& tx = *data.taxonomy;
+  for (int n : {0, 100}) {
+    std::map<std::string, int> correct;
+    for (auto& c : classes) {
+      auto others = rows_with_labels(train, [&] {
+        std::vector<std::string> o;
+        for (auto& x : classes)
+          if (x != c || n > 0) o.push_back(x);
+        return o;
+      }());
+      auto qs = knn(subset(train, others), subset(val, rows_with_labels(val, {c})), 10);
+      for (auto& q : qs) {
+        NeighborVotes nv{q.neighbor_labels, q.distances, {}, {}};
+        HierarchyDecision h = decide_levels(Vote::rank, nv, 10, tx, {4, 6, 8}, 0.5);
+        for (size_t l = 0; l < h.levels.size(); ++l) {
+          std::string truth = h.levels[l].depth < 0 ? c : tx.at_depth(c, h.levels[l].depth);
+          correct[h.levels[l].level] += h.levels[l].decision.prediction == truth;
+        }
+      }
+    }
+    for (auto& [level, k] : correct)
+      EXPECT_DOUBLE_EQ(r.numbers["n"][std::to_string(n)][level].get<double>(), 100.0 * k / val.size())
+          << "n=" << n << " " << level;
+  }
+}
