@@ -79,14 +79,15 @@ void add_experiment_commands(CLI::App& app) {
       }
       Memory m = Memory::open(db);
       if (m.size() == 0) throw Error(db + " is empty");
+      const MemoryInfo info = m.info();
       if (model_opt->count() > 0) {
         // An explicit model must be the one the cached set was embedded with.
         if (explicit_fp.empty()) explicit_fp = load_encoder(a->model)->fingerprint();
-        if (m.info().fingerprint != explicit_fp)
-          throw Error(db + " was embedded with " + m.info().model_id + ", not " + a->model +
+        if (info.fingerprint != explicit_fp)
+          throw Error(db + " was embedded with " + info.model_id + ", not " + a->model +
                       "; use another --cache folder for this model");
       }
-      std::string id = m.info().model_id + (m.info().fingerprint.empty() ? "" : " (" + m.info().fingerprint.substr(0, 12) + ")");
+      std::string id = info.model_id + (info.fingerprint.empty() ? "" : " (" + info.fingerprint.substr(0, 12) + ")");
       if (!model_id.empty() && id != model_id) throw Error(db + ": embedded with " + id + ", the other sets with " + model_id);
       model_id = id;
       sets.emplace(s, load_set(m));

@@ -10,7 +10,8 @@ namespace vismem {
 
 NeighborVotes neighbor_votes(const Memory& mem, const std::vector<Neighbor>& nn, bool apply_pruning) {
   NeighborVotes nv;
-  const bool prune = apply_pruning && mem.info().pruning_mode != "none";
+  // Per query: the mode is a member read, not info() (which reads the file).
+  const bool prune = apply_pruning && mem.pruning_mode() != "none";
   for (const Neighbor& n : nn) {
     nv.labels.push_back(n.label);
     nv.distances.push_back(n.distance);

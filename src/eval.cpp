@@ -153,7 +153,7 @@ std::vector<QueryNeighbors> to_query_neighbors(const std::vector<std::vector<Nei
 }
 
 void apply_memory_pruning(const Memory& mem, EvalOptions& opt) {
-  const std::string mode = mem.info().pruning_mode;
+  const std::string mode = mem.pruning_mode();
   if (mode == "none") return;
   for (const ItemInfo& it : mem.items()) {
     if (mode == "hard" && mem.excluded(it)) opt.exclude_ids.insert(it.id);

@@ -146,6 +146,7 @@ class Memory {
   void set_pruning(const std::string& mode, double threshold);
   // OOD threshold fitted on in-distribution queries (see MemoryInfo).
   void set_ood_threshold(double threshold, int k, double fpr);
+  const std::string& pruning_mode() const { return prune_mode_; }  // cheap: no file access
   bool excluded(const ItemInfo& it) const;   // hard pruning in effect and wrong >= threshold
   double weight(const ItemInfo& it) const;   // soft pruning in effect: rho, else 1
 
