@@ -337,39 +337,24 @@ void add_eval_commands(CLI::App& app) {
       auto res = mem.search(q.x.data.data(), q.x.rows, std::max(a->k, ood_k), {}, a->threads);
       nlohmann::json out = nlohmann::json::array();
       for (int64_t i = 0; i < q.x.rows; ++i) {
-        std::vector<Neighbor> all = res[i];
-        const int k = static_cast<int>(std::min<size_t>(a->k, all.size()));
-        std::vector<Neighbor> nn(all.begin(), all.begin() + k);
-        NeighborVotes nv_all = neighbor_votes(mem, all, true);
-        NeighborVotes nv = nv_all;
-        nv.labels.resize(k);
-        nv.distances.resize(k);
-        if (!nv.excluded.empty()) nv.excluded.resize(k);
-        if (!nv.reliability.empty()) nv.reliability.resize(k);
-        Decision d = decide(vote, nv, k);
-        double ood = ood_score(nv_all.distances, ood_k);
+        QueryDecision qd = decide_query(mem, res[i], vote, a->k, ood_k);
+        const std::vector<Neighbor>& nn = qd.neighbors;
+        const NeighborVotes& nv = qd.votes;
+        const Decision& d = qd.decision;
+        const int k = d.k;
+        const double ood = qd.ood;
         bool abstained = a->abstain && ood > ood_threshold;
         std::string qid = q.ids.empty() ? "q" + std::to_string(i) : q.ids[i];
-        nlohmann::json j = {{"query", qid}, {"prediction", abstained ? nlohmann::json(nullptr) : nlohmann::json(d.prediction)},
-                            {"vote", a->vote}, {"k", k}, {"vote_share", d.vote_share}, {"score_share", d.score_share},
-                            {"entropy", d.entropy}, {"ood_score", ood}, {"ood_k", ood_k}};
+        nlohmann::json j = decision_json(qid, a->vote, qd);
+        if (abstained) j["prediction"] = nullptr;
         if (ood_threshold >= 0) {
           j["ood_threshold"] = ood_threshold;
           j["out_of_distribution"] = ood > ood_threshold;
         }
         if (a->abstain) j["abstained"] = abstained;
         if (!names.empty() && !abstained && names.count(d.prediction)) j["prediction_name"] = names.at(d.prediction);
-        nlohmann::json js = nlohmann::json::array();
-        for (auto& [l, s] : d.scores) {
-          js.push_back({{"label", l}, {"score", s}});
-          if (names.count(l)) js.back()["name"] = names.at(l);
-        }
-        j["scores"] = js;
-        nlohmann::json jn = nlohmann::json::array();
-        for (size_t r = 0; r < nn.size(); ++r)
-          jn.push_back({{"rank", r + 1}, {"id", nn[r].id}, {"label", nn[r].label}, {"distance", nn[r].distance},
-                        {"weight", d.neighbor_weights[r]}});
-        j["neighbors"] = jn;
+        for (auto& js : j["scores"])
+          if (names.count(js["label"].get<std::string>())) js["name"] = names.at(js["label"].get<std::string>());
         HierarchyDecision h;
         if (tax) {
           h = decide_levels(vote, nv, k, *tax, depths, a->confident);

@@ -11,6 +11,7 @@
 #include "neighbors.h"
 #include "pipeline.h"
 #include "prune.h"
+#include "server.h"
 #include "textio.h"
 #include "unlearn.h"
 
@@ -251,16 +252,7 @@ void add_memory_commands(CLI::App& app) {
                            : i.counts_stale()      ? "STALE (memory changed since; run `vismem prune` again)"
                                                    : "current (k=" + std::to_string(i.counts_k) + ")";
       if (*json) {
-        nlohmann::json j = {{"path", i.path},         {"dim", i.dim},
-                            {"items", i.items},       {"labels", i.labels},
-                            {"model_id", i.model_id}, {"fingerprint", i.fingerprint},
-                            {"model_path", i.model_path}, {"format_version", i.format_version},
-                            {"created_at", i.created_at}, {"updated_at", i.updated_at},
-                            {"generation", i.generation}, {"pruning_mode", i.pruning_mode},
-                            {"pruning_threshold", i.pruning_threshold}, {"counts_k", i.counts_k},
-                            {"counts_stale", i.counts_stale()}, {"counts_computed", i.counts_generation >= 0}};
-        if (i.ood_k > 0)
-          j["ood"] = {{"threshold", i.ood_threshold}, {"k", i.ood_k}, {"fpr", i.ood_fpr}, {"stale", i.ood_stale()}};
+        nlohmann::json j = memory_info_json(i);
         std::cout << j.dump(2) << "\n";
         return;
       }

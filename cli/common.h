@@ -52,5 +52,6 @@ void add_image_commands(CLI::App& app);    // embed
 void add_prune_commands(CLI::App& app);    // prune
 void add_explain_commands(CLI::App& app);  // explain
 void add_experiment_commands(CLI::App& app);  // experiment
+void add_serve_commands(CLI::App& app);    // serve
 
 }  // namespace vismem::cli

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   vismem::cli::add_prune_commands(app);
   vismem::cli::add_explain_commands(app);
   vismem::cli::add_experiment_commands(app);
+  vismem::cli::add_serve_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

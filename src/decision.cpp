@@ -76,6 +76,37 @@ Decision decide(Vote v, const NeighborVotes& nv, int k, const VoteParams& p) {
   return d;
 }
 
+QueryDecision decide_query(const Memory& mem, const std::vector<Neighbor>& all, Vote v, int k, int ood_k,
+                           const VoteParams& p) {
+  if (all.empty()) throw Error("no neighbors: the memory is empty");
+  QueryDecision q;
+  k = static_cast<int>(std::min<size_t>(k, all.size()));
+  q.ood_k = static_cast<int>(std::min<size_t>(ood_k, all.size()));
+  q.neighbors.assign(all.begin(), all.begin() + k);
+  q.votes = neighbor_votes(mem, q.neighbors, true);
+  q.decision = decide(v, q.votes, k, p);
+  std::vector<double> d;
+  for (int i = 0; i < q.ood_k; ++i) d.push_back(all[i].distance);
+  q.ood = ood_score(d, q.ood_k);
+  return q;
+}
+
+nlohmann::json decision_json(const std::string& query_id, const std::string& vote, const QueryDecision& q) {
+  const Decision& d = q.decision;
+  nlohmann::json j = {{"query", query_id},         {"prediction", d.prediction}, {"vote", vote},
+                      {"k", d.k},                  {"vote_share", d.vote_share}, {"score_share", d.score_share},
+                      {"entropy", d.entropy},      {"ood_score", q.ood},         {"ood_k", q.ood_k}};
+  nlohmann::json js = nlohmann::json::array();
+  for (auto& [l, s] : d.scores) js.push_back({{"label", l}, {"score", s}});
+  j["scores"] = js;
+  nlohmann::json jn = nlohmann::json::array();
+  for (size_t r = 0; r < q.neighbors.size(); ++r)
+    jn.push_back({{"rank", r + 1}, {"id", q.neighbors[r].id}, {"label", q.neighbors[r].label},
+                  {"distance", q.neighbors[r].distance}, {"weight", d.neighbor_weights[r]}});
+  j["neighbors"] = jn;
+  return j;
+}
+
 double ood_score(const std::vector<double>& distances, int k) {
   if (k < 1 || static_cast<size_t>(k) > distances.size()) throw Error("ood_score: k outside the list");
   std::vector<double> d(distances.begin(), distances.begin() + k);

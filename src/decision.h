@@ -13,6 +13,7 @@
 // Thread safety: as for Memory's const accessors.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,6 +53,24 @@ Decision decide(Vote v, const NeighborVotes& nv, int k, const VoteParams& p = {}
 // Median of the first k distances (k <= K): the OOD score, larger = further
 // from everything in the memory.
 double ood_score(const std::vector<double>& distances, int k);
+
+// A query's full answer from one search: the vote over the first k
+// neighbors (memory pruning applied), the OOD score over the first ood_k.
+// all: ascending distance, at least max(k, ood_k) long (or the whole memory).
+struct QueryDecision {
+  std::vector<Neighbor> neighbors;  // the first k
+  NeighborVotes votes;              // as the vote saw them (k entries)
+  Decision decision;
+  double ood = 0;
+  int ood_k = 0;
+};
+QueryDecision decide_query(const Memory& mem, const std::vector<Neighbor>& all, Vote v, int k, int ood_k,
+                           const VoteParams& p = {});
+
+// The answer as JSON (classify --json, the HTTP service): query, prediction,
+// vote, k, vote_share, score_share, entropy, ood_score, ood_k,
+// scores [{label, score}], neighbors [{rank, id, label, distance, weight}].
+nlohmann::json decision_json(const std::string& query_id, const std::string& vote, const QueryDecision& q);
 
 // Vote share and normalized entropy of the first k labels (counted as they
 // are, pruning ignored: they describe the neighborhood, not the vote).
