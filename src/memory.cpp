@@ -116,7 +116,9 @@ struct Txn {
 std::unique_ptr<Memory::Db> open_db(const std::string& path, bool create) {
   auto db = std::make_unique<Memory::Db>();
   db->path = path;
-  int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX;
+  // FULLMUTEX (serialized): the const accessors that read the file (info(),
+  // image_roots(), ...) may run on several threads at once, e.g. in the HTTP service.
+  int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_FULLMUTEX;
   if (sqlite3_open_v2(path.c_str(), &db->h, flags, nullptr) != SQLITE_OK) db->fail("cannot open memory");
   sqlite3_busy_timeout(db->h, 10000);
   // secure_delete: removed items' bytes are overwritten, not just unlinked (unlearning).

@@ -166,6 +166,9 @@ TEST(Server, ConcurrentReadersWithAWriter) {
       for (int i = 0; i < 40; ++i) {
         auto r = c.Post("/v1/classify", json{{"embedding", q}, {"k", 5}}.dump(), "application/json");
         if (!r || r->status != 200 || json::parse(r->body)["results"][0]["neighbors"].size() != 5u) ++failures;
+        // info() reads the file: several at once share one SQLite connection.
+        auto info = c.Get("/v1/info");
+        if (!info || info->status != 200 || json::parse(info->body)["dim"] != f.d) ++failures;
         ++done;
       }
     });
