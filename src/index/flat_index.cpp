@@ -520,12 +520,43 @@ bool FlatIndex::reconstruct(int64_t key, float* out) const {
   return true;
 }
 
+namespace {
+void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options& options_, int64_t nq, const float* q,
+                       int k, float* distances, int64_t* out_keys, int threads);
+}  // namespace
+
+int flat_row_stride(int dim) { return static_cast<int>(round_up(dim, kLanes)); }
+
+bool flat_f16_supported() {
+#if defined(__F16C__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+void flat_to_half(const float* x, uint16_t* out, int64_t n) {
+#if defined(__F16C__)
+  for (int64_t j = 0; j < n; ++j) out[j] = to_half(x[j]);
+#else
+  (void)x, (void)out, (void)n;
+  throw Error("float16 storage needs a build with F16C (VISMEM_NATIVE on an x86-64-v3 CPU)");
+#endif
+}
+
 void FlatIndex::search(int64_t nq, const float* q, int k, float* distances, int64_t* out_keys, int threads) const {
-  if (nq < 0) throw Error("FlatIndex::search: negative query count " + std::to_string(nq));
-  if (k < 0) throw Error("FlatIndex::search: negative k " + std::to_string(k));
-  if (threads < 0) throw Error("FlatIndex::search: negative thread count " + std::to_string(threads));
+  FlatRows rows{data_.data(), options_.storage == Storage::f16 ? half_.data() : nullptr, keys_.data(), size(), max_norm_};
+  flat_search(rows, dim_, options_, nq, q, k, distances, out_keys, threads);
+}
+
+void flat_search(const FlatRows& rows, int dim, const FlatIndex::Options& options, int64_t nq, const float* q, int k,
+                 float* distances, int64_t* out_keys, int threads) {
+  const int dim_ = dim;
+  if (nq < 0) throw Error("search: negative query count " + std::to_string(nq));
+  if (k < 0) throw Error("search: negative k " + std::to_string(k));
+  if (threads < 0) throw Error("search: negative thread count " + std::to_string(threads));
   if (nq == 0 || k == 0) return;
-  if (!q || !distances || !out_keys) throw Error("FlatIndex::search: null queries or outputs");
+  if (!q || !distances || !out_keys) throw Error("search: null queries or outputs");
 
   // Validate every query before writing any output.
   for (int64_t i = 0; i < nq; ++i) {
@@ -533,15 +564,15 @@ void FlatIndex::search(int64_t nq, const float* q, int k, float* distances, int6
     for (int j = 0; j < dim_; ++j) {
       float v = q[i * dim_ + j];
       if (!std::isfinite(v))
-        throw Error("FlatIndex::search: query " + std::to_string(i) + " has a non-finite value at column " +
+        throw Error("search: query " + std::to_string(i) + " has a non-finite value at column " +
                     std::to_string(j));
       norm2 += static_cast<double>(v) * v;
     }
     if (norm2 > kMaxNorm * kMaxNorm)
-      throw Error("FlatIndex::search: query " + std::to_string(i) + " has norm " + std::to_string(std::sqrt(norm2)) +
+      throw Error("search: query " + std::to_string(i) + " has norm " + std::to_string(std::sqrt(norm2)) +
                   " (over 1e15: dot products would overflow)");
   }
-  if (size() == 0) {
+  if (rows.n == 0) {
     std::vector<Hit> none;
     for (int64_t i = 0; i < nq; ++i) write_row(none, k, distances + i * k, out_keys + i * k);
     return;
@@ -551,14 +582,19 @@ void FlatIndex::search(int64_t nq, const float* q, int k, float* distances, int6
   // chunk (~1% of a compute-bound chunk's time).
   for (int64_t i0 = 0; i0 < nq; i0 += kSearchChunk) {
     const int64_t m = std::min(kSearchChunk, nq - i0);
-    search_chunk(m, q + i0 * dim_, k, distances + i0 * k, out_keys + i0 * k, threads);
+    flat_search_chunk(rows, dim_, options, m, q + i0 * dim_, k, distances + i0 * k, out_keys + i0 * k, threads);
   }
 }
 
-void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances, int64_t* out_keys,
-                             int threads) const {
+namespace {
+
+// flat_search() after validation, for at most kSearchChunk queries.
+void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options& options_, int64_t nq, const float* q,
+                       int k, float* distances, int64_t* out_keys, int threads) {
   // Padded copy of the queries: kernels read whole 16-column blocks.
-  const int ld = ld_;
+  const int ld = static_cast<int>(round_up(dim_, kLanes));
+  const int ld_ = ld;
+  const double max_norm_ = rows.max_norm;
   std::vector<float> qp(static_cast<size_t>(nq * ld), 0.0f);
   std::vector<double> qnorm(static_cast<size_t>(nq));
   for (int64_t i = 0; i < nq; ++i) {
@@ -570,32 +606,32 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
     }
     qnorm[i] = std::sqrt(norm2);
   }
-  const int64_t n = size();
+  const int64_t n = rows.n;
 
   int nthreads = threads ? threads : default_threads();
   const double work = static_cast<double>(n) * nq * dim_;
   nthreads = static_cast<int>(std::max<double>(1.0, std::min<double>(nthreads, work / kWorkPerThread)));
   nthreads = static_cast<int>(std::min<int64_t>(nthreads, (n + kBlockRows - 1) / kBlockRows * 4));
   nthreads = std::max(nthreads, 1);
-  const float* X = data_.data();
-  const int64_t* K = keys_.data();
-  const bool f16 = options_.storage == Storage::f16;
+  const float* X = rows.x;
+  const int64_t* K = rows.keys;
+  const bool f16 = rows.half != nullptr;
 
   // Rows [row_begin(t), row_begin(t+1)) belong to worker t.
   auto row_begin = [&](int t, int nt) { return n * t / nt; };
 
-  Scan scan = options_.scan;
-  if (scan == Scan::automatic) {
+  FlatIndex::Scan scan = options_.scan;
+  if (scan == FlatIndex::Scan::automatic) {
     if (!kKernelForAll) {
-      scan = nq <= kScanMaxBatch ? Scan::kernel : Scan::blas;
+      scan = nq <= kScanMaxBatch ? FlatIndex::Scan::kernel : FlatIndex::Scan::blas;
     } else {
       // Only with single-threaded BLAS: the comparison is one core against one core.
-      scan = nq >= kBlasMinBatch && blas_threads() == 1 && blas_is_faster(ld_) ? Scan::blas : Scan::kernel;
+      scan = nq >= kBlasMinBatch && blas_threads() == 1 && blas_is_faster(ld_) ? FlatIndex::Scan::blas : FlatIndex::Scan::kernel;
     }
   }
-  const bool use_f16 = f16 && scan == Scan::kernel && nq <= kF16MaxBatch;
+  const bool use_f16 = f16 && scan == FlatIndex::Scan::kernel && nq <= kF16MaxBatch;
 
-  if (scan == Scan::kernel && !use_f16) {
+  if (scan == FlatIndex::Scan::kernel && !use_f16) {
     // Direct scan: exact distances straight from the kernel, one pass over the matrix.
     std::vector<std::vector<TopK>> part(nthreads, std::vector<TopK>(static_cast<size_t>(nq), TopK(k)));
 #pragma omp parallel num_threads(nthreads)
@@ -603,7 +639,9 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       std::vector<TopK>& top = part[t];
       scan_rows(qp.data(), nq, ld, X, row_begin(t, nt), row_begin(t + 1, nt),
-                [&](int64_t i, int64_t row, float dot) { top[i].push(1.0f - dot, K[row]); });
+                [&](int64_t i, int64_t row, float dot) {
+                  if (K[row] >= 0) top[i].push(1.0f - dot, K[row]);
+                });
     }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t i = 0; i < nq; ++i) {
@@ -643,13 +681,15 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
   }
 
   if (use_f16) {
-    const uint16_t* H = half_.data();
+    const uint16_t* H = rows.half;
 #pragma omp parallel num_threads(nthreads)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       std::vector<CandidateSet>& cs = part[t];
       scan_rows(qp.data(), nq, ld, H, row_begin(t, nt), row_begin(t + 1, nt),
-                [&](int64_t i, int64_t row, float dot) { cs[i].push(dot, row); });
+                [&](int64_t i, int64_t row, float dot) {
+                  if (K[row] >= 0) cs[i].push(dot, row);
+                });
     }
   } else {
     // matmul() from several of our threads is only right with single-threaded
@@ -678,12 +718,14 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
               while (hit) {
                 int l = __builtin_ctz(hit);
                 hit &= hit - 1;
-                c.push(s[b + l], rb + b + l);
+                if (K[rb + b + l] >= 0) c.push(s[b + l], rb + b + l);
               }
             }
-            for (; b < nr; ++b) c.push(s[b], rb + b);
+            for (; b < nr; ++b)
+              if (K[rb + b] >= 0) c.push(s[b], rb + b);
 #else
-            for (int64_t b = 0; b < nr; ++b) c.push(s[b], rb + b);
+            for (int64_t b = 0; b < nr; ++b)
+              if (K[rb + b] >= 0) c.push(s[b], rb + b);
 #endif
           }
         }
@@ -713,5 +755,7 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
     write_row(hits, k, distances + i * k, out_keys + i * k);
   }
 }
+
+}  // namespace
 
 }  // namespace vismem
