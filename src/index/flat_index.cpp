@@ -89,6 +89,19 @@ inline __m512 reduce16x16(const __m512* v) {
   return s2[0] + s2[1];
 }
 
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+// reduce16 of the 16 lanes lo (0-7) | hi (8-15): the same additions in the same order.
+inline float reduce16_avx2(__m256 lo, __m256 hi) {
+  __m256 s8 = _mm256_add_ps(lo, hi);
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  __m128 s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+  return _mm_cvtss_f32(s1);
+}
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#endif
+
 // Any pointers, any d (masked tail).
 float exact_dot(const float* a, const float* b, int d) {
 #if defined(__AVX512F__)
@@ -100,6 +113,22 @@ float exact_dot(const float* a, const float* b, int d) {
     acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + j), _mm512_maskz_loadu_ps(m, b + j), acc);
   }
   return reduce16(acc);
+#elif defined(__AVX2__) && defined(__FMA__)
+  // Lanes 0-7 and 8-15 of the 16-lane definition in two registers.
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  int j = 0;
+  for (; j + kLanes <= d; j += kLanes) {
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), lo);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), hi);
+  }
+  if (j < d) {
+    alignas(32) float ta[kLanes] = {}, tb[kLanes] = {};
+    std::memcpy(ta, a + j, sizeof(float) * (d - j));
+    std::memcpy(tb, b + j, sizeof(float) * (d - j));
+    lo = _mm256_fmadd_ps(_mm256_load_ps(ta), _mm256_load_ps(tb), lo);
+    hi = _mm256_fmadd_ps(_mm256_load_ps(ta + 8), _mm256_load_ps(tb + 8), hi);
+  }
+  return reduce16_avx2(lo, hi);
 #else
   float acc[kLanes] = {};
   for (int j = 0; j < d; j += kLanes)
@@ -161,6 +190,22 @@ inline void dot_tile(const float* q, int64_t ldq, const T* x, int64_t ldx, int d
   } else {
     for (int i = 0; i < NQ; ++i)
       for (int r = 0; r < NR; ++r) out[i * NR + r] = reduce16(acc[i][r]);
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  // 16 registers: one query at a time against the NR rows (which stay in L1
+  // between queries), two accumulators per pair (lanes 0-7, 8-15).
+  for (int i = 0; i < NQ; ++i) {
+    __m256 lo[NR], hi[NR];
+    for (int r = 0; r < NR; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+    const float* qi = q + i * ldq;
+    for (int j = 0; j < dp; j += kLanes) {
+      const __m256 qlo = _mm256_loadu_ps(qi + j), qhi = _mm256_loadu_ps(qi + j + 8);
+      for (int r = 0; r < NR; ++r) {
+        lo[r] = _mm256_fmadd_ps(qlo, load8(x + r * ldx + j), lo[r]);
+        hi[r] = _mm256_fmadd_ps(qhi, load8(x + r * ldx + j + 8), hi[r]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) out[i * NR + r] = reduce16_avx2(lo[r], hi[r]);
   }
 #else
   for (int i = 0; i < NQ; ++i)

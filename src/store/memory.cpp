@@ -941,7 +941,7 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
   // Current pruning counts stay current: the upkeep looks at the memory before
   // the change and searches again only the lists the new items can enter.
   std::optional<CountsUpkeep> upkeep;
-  if (counts_upkeep_) {
+  if (counts_upkeep_ && counts_current()) {
     std::vector<std::string> up_ids;
     std::vector<float> up_x;
     for (int64_t i = 0; i < n; ++i)
