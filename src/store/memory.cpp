@@ -47,6 +47,13 @@ bool file_exists(const std::string& p) {
 
 std::string errno_text() { return std::strerror(errno); }
 
+// Fault injection for the crash tests: VISMEM_CRASH_AT=NAME makes the process
+// die (as kill -9 would: no cleanup) when it reaches the point NAME.
+void crash_point(const char* name) {
+  static const char* at = std::getenv("VISMEM_CRASH_AT");
+  if (at && std::strcmp(at, name) == 0) ::_exit(137);
+}
+
 // ---------------------------------------------------------------------------
 // The vector files. Each is a 4096-byte header, then one fixed-size record per
 // row: mem.db.vec ld float32 (rows zero padded to 16 floats, 64-byte aligned,
@@ -464,6 +471,7 @@ struct Memory::Impl {
         if (k == kF16 && !f16) continue;
         Fd fd = open_rw(k);
         for (int64_t r : rows) {
+          crash_point("scrub");
           const int64_t off = kHeader + r * record_bytes(k);
           if (k == kKeys) pwrite_all(fd.fd, &gone, sizeof gone, off, file(k));
           else pwrite_all(fd.fd, zeros.data(), static_cast<size_t>(record_bytes(k)), off, file(k));
@@ -484,9 +492,11 @@ struct Memory::Impl {
   // Truncates the WAL so no page of a removed item's catalog row stays there.
   // A reader holding an old snapshot blocks that; then it is left to the next
   // write or open (meta catalog_scrub), never reported as a failed removal.
-  bool checkpoint_or_defer() const {
+  bool checkpoint_or_defer(int wait_ms = 1000) const {
     int log = 0, ckpt = 0;
+    sqlite3_busy_timeout(db->h, wait_ms);
     int rc = sqlite3_wal_checkpoint_v2(db->h, nullptr, SQLITE_CHECKPOINT_TRUNCATE, &log, &ckpt);
+    sqlite3_busy_timeout(db->h, 10000);
     if (rc != SQLITE_OK) return false;
     // The flag itself goes through the WAL: clear it and truncate again.
     if (meta("catalog_scrub", "0") != "0") {
@@ -1018,12 +1028,14 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
       sync_fd(vf.fd, I.file(kF32));
       sync_fd(kf.fd, I.file(kKeys));
       if (I.f16) sync_fd(hf.fd, I.file(kF16));
+      crash_point("add-before-commit");
       I.set_meta("rows", std::to_string(row));
       I.set_meta("items", std::to_string(std::stoll(I.meta("items", "0")) + r.added));
       I.touch();
     }
     t.commit();
   }
+  crash_point("add-after-commit");
   I.invalidate();
   if (progress) progress(n, n);
   if (!replaced.empty()) I.scrub();  // replaced vectors must not linger in any file
@@ -1079,6 +1091,7 @@ int64_t Memory::remove(const std::vector<std::string>& ids, bool ignore_missing)
     I.touch();
     t.commit();
   }
+  crash_point("remove-after-commit");
   I.invalidate();
   // Committed: from here on the removal is a fact. The scrub overwrites the
   // rows in every vector file before this returns; if this process dies
@@ -1100,7 +1113,7 @@ int64_t Memory::remove_label(const std::string& label) {
 }
 
 void Memory::checkpoint() const {
-  if (!impl_->checkpoint_or_defer())
+  if (!impl_->checkpoint_or_defer(10000))
     impl_->db->fail("WAL checkpoint (another process is reading the memory)");
 }
 
