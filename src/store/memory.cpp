@@ -309,6 +309,7 @@ struct Memory::Impl {
   mutable std::shared_ptr<Mapping> map;
   mutable std::unordered_map<int64_t, ItemInfo> by_seq;  // items read so far (a cache)
   mutable std::unordered_map<std::string, int64_t> seq_of;
+  mutable std::unique_ptr<Stmt> q_by_seq, q_by_id;  // prepared once: resolving neighbors is per result
 
   std::string file(VecKind k) const { return path + kSuffix[k]; }
   std::string lock_path() const { return path + ".lock"; }
@@ -532,20 +533,28 @@ struct Memory::Impl {
   const ItemInfo* by_seq_locked(int64_t seq) const {
     auto it = by_seq.find(seq);
     if (it != by_seq.end()) return &it->second;
-    Stmt s(*db, (std::string(kItemCols) + "WHERE items.seq=?").c_str());
+    if (!q_by_seq) q_by_seq = std::make_unique<Stmt>(*db, (std::string(kItemCols) + "WHERE items.seq=?").c_str());
+    Stmt& s = *q_by_seq;
     s.i64(1, seq);
-    if (!s.step()) return nullptr;
-    ItemInfo info = read_item(s);
+    const bool found = s.step();
+    ItemInfo info;
+    if (found) info = read_item(s);
+    s.reset();
+    if (!found) return nullptr;
     seq_of[info.id] = seq;
     return &by_seq.emplace(seq, std::move(info)).first->second;
   }
   std::optional<ItemInfo> by_id_locked(const std::string& id) const {
     auto it = seq_of.find(id);
     if (it != seq_of.end()) return by_seq.at(it->second);
-    Stmt s(*db, (std::string(kItemCols) + "WHERE id=?").c_str());
+    if (!q_by_id) q_by_id = std::make_unique<Stmt>(*db, (std::string(kItemCols) + "WHERE id=?").c_str());
+    Stmt& s = *q_by_id;
     s.text(1, id);
-    if (!s.step()) return std::nullopt;
-    ItemInfo info = read_item(s);
+    const bool found = s.step();
+    ItemInfo info;
+    if (found) info = read_item(s);
+    s.reset();
+    if (!found) return std::nullopt;
     seq_of[info.id] = info.seq;
     by_seq.emplace(info.seq, info);
     return info;
