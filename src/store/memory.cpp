@@ -1137,7 +1137,7 @@ std::vector<std::vector<Neighbor>> Memory::search(const float* q, int64_t nq, in
   std::vector<float> qn(q, q + nq * d);
   l2_normalize_rows(qn.data(), nq, d, "query");
   const bool loo = !self_ids.empty();
-  const int kk = loo ? k + 1 : k;
+  const int64_t kk = loo ? int64_t{k} + 1 : int64_t{k};
   for (int attempt = 0;; ++attempt) {
     // Scans hold the fence shared: a scrub waits for them, so no row read here
     // is half overwritten; rows removed but not yet scrubbed are filtered.
@@ -1151,7 +1151,8 @@ std::vector<std::vector<Neighbor>> Memory::search(const float* q, int64_t nq, in
       st = I.st;
     }
     const int64_t extra = static_cast<int64_t>(st.pending.size());
-    const int want = static_cast<int>(std::min<int64_t>(kk + extra, std::numeric_limits<int>::max()));
+    // No list is longer than the rows: a huge k costs no more than the memory's size.
+    const int want = static_cast<int>(std::min<int64_t>(kk + extra, std::max<int64_t>(1, st.rows)));
     std::vector<float> dist(static_cast<size_t>(nq * want));
     std::vector<int64_t> keys(static_cast<size_t>(nq * want), -1);
     if (nq > 0 && st.rows > 0) {
