@@ -44,6 +44,7 @@
 #include "preprocess.h"
 #include "prune.h"
 #include "server.h"
+#include "textio.h"
 
 namespace py = pybind11;
 using namespace py::literals;
@@ -477,6 +478,12 @@ EvalOptions eval_options(int k, const py::object& exclude, const py::object& rel
     for (auto& r : string_list(rules, "rules")) opt.votes.push_back(parse_vote(r));
   }
   return opt;
+}
+
+// read_neighbor_file, with an unreadable file an OSError and invalid content a ValueError.
+std::vector<QueryNeighbors> neighbor_file(const std::string& path) {
+  std::string text = file_op(path, [&] { return read_text_file(path); });
+  return parse_neighbor_json(text, "neighbor file " + path);
 }
 
 py::object evaluate_queries(const std::vector<QueryNeighbors>& qs, const EvalOptions& opt) {
@@ -1106,7 +1113,7 @@ Raises FileNotFoundError / OSError when it is missing or not a model vismem read
         EvalOptions opt = eval_options(k, exclude, reliability, normalize, rules);
         std::vector<QueryNeighbors> qs;
         if (is_text) qs = parse_neighbor_json(source, "neighbors");
-        else qs = file_op(source, [&] { return read_neighbor_file(source); });
+        else qs = neighbor_file(source);
         return evaluate_queries(qs, opt);
       },
       "source"_a, "is_text"_a, "k"_a, "exclude"_a, "reliability"_a, "normalize"_a, "rules"_a,
@@ -1117,7 +1124,7 @@ Raises FileNotFoundError / OSError when it is missing or not a model vismem read
       [](const std::string& source, bool is_text) {
         std::vector<QueryNeighbors> qs;
         if (is_text) qs = parse_neighbor_json(source, "neighbors");
-        else qs = file_op(source, [&] { return read_neighbor_file(source); });
+        else qs = neighbor_file(source);
         int64_t K = qs.empty() ? 0 : static_cast<int64_t>(qs[0].neighbor_ids.size());
         for (auto& q : qs)
           if (static_cast<int64_t>(q.neighbor_ids.size()) != K)

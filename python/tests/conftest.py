@@ -31,9 +31,9 @@ def cli_error(*args):
     """The one-line message the CLI prints for a failing command ("error: " removed)."""
     p = run_cli(*args, check=False)
     assert p.returncode == 1, p.stdout
-    line = p.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ")
-    return line[len("error: "):]
+    err = p.stderr.strip()
+    assert err.startswith("error: "), err
+    return err[len("error: "):]
 
 
 def cli_json(*args):
