@@ -50,6 +50,26 @@ def write_lines(path, items):
     return path
 
 
+def paper_style_file(path, rng, nq=60, K=30, classes=5):
+    """A neighbor file as the paper publishes them: integer classes, some ReaL-style label sets."""
+    doc = {}
+    for i in range(nq):
+        truth = int(rng.integers(classes))
+        d = np.sort(rng.uniform(0.05, 0.9, K))
+        near = rng.random(K) < 0.5
+        cls = np.where(near, truth, rng.integers(classes, size=K))
+        doc["val_%03d" % i] = {
+            "featurizer": "dinov2_vitl14",
+            "image_id": "val_%03d" % i,
+            "image_class": [truth, (truth + 1) % classes] if i % 10 == 0 else truth,
+            "neighbor_image_ids": ["train_%d" % j for j in rng.integers(1000, size=K)],
+            "neighbor_classes": [int(c) for c in cls],
+            "neighbor_distances": [float(x) for x in d],
+        }
+    path.write_text(json.dumps(doc))
+    return doc
+
+
 @pytest.fixture
 def data():
     """A small labeled data set: 300 items in 7 classes, d = 24, and 40 queries."""

@@ -1,12 +1,11 @@
 """Voting over neighbor arrays and neighbor files: hand-computed lists, and equality with `vismem eval`."""
-import json
 import math
 
 import numpy as np
 import pytest
 
 import vismem
-from conftest import cli_error, cli_json
+from conftest import cli_error, cli_json, paper_style_file
 
 
 def test_tie_rules_of_the_spec():
@@ -63,26 +62,6 @@ def test_vote_errors():
         vismem.vote(["a", "b"], [0.1, float("nan")], "rank")
     with pytest.raises(ValueError, match="k must be in 1..2"):
         vismem.vote_breakdown(["a", "b"], [0.1, 0.2], 3)
-
-
-def paper_style_file(path, rng, nq=60, K=30, classes=5):
-    """A neighbor file as the paper publishes them: integer classes, some ReaL-style label sets."""
-    doc = {}
-    for i in range(nq):
-        truth = int(rng.integers(classes))
-        d = np.sort(rng.uniform(0.05, 0.9, K))
-        near = rng.random(K) < 0.5
-        cls = np.where(near, truth, rng.integers(classes, size=K))
-        doc["val_%03d" % i] = {
-            "featurizer": "dinov2_vitl14",
-            "image_id": "val_%03d" % i,
-            "image_class": [truth, (truth + 1) % classes] if i % 10 == 0 else truth,
-            "neighbor_image_ids": ["train_%d" % j for j in rng.integers(1000, size=K)],
-            "neighbor_classes": [int(c) for c in cls],
-            "neighbor_distances": [float(x) for x in d],
-        }
-    path.write_text(json.dumps(doc))
-    return doc
 
 
 def test_evaluate_neighbor_file_equals_cli_and_vote_arrays(tmp_path):
