@@ -33,6 +33,8 @@ class CMakeBuild(build_ext):
                     "-DPython_EXECUTABLE=" + sys.executable, "-DVISMEM_BENCH=OFF"]
             if shutil.which("ccache"):
                 args += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache", "-DCMAKE_C_COMPILER_LAUNCHER=ccache"]
+                # as scripts/build.sh: relative paths, so objects compiled for build/ are reused
+                os.environ.setdefault("CCACHE_BASEDIR", str(ROOT.parent))
             subprocess.run(args, check=True)
         jobs = str(os.cpu_count() or 2)
         subprocess.run(["cmake", "--build", str(build_dir), "--target", "_vismem", "-j", jobs], check=True)
