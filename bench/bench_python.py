@@ -10,7 +10,7 @@ arrays (what a user does next). Rounds alternate the C++ program and Python;
 each figure is the median over rounds of the median call.
 
     PYTHONPATH=build/python /usr/bin/python3 bench/bench_python.py [--items 20000] [--dim 1024] [--k 100]
-        [--single 200] [--reps 5] [--threads 0] [--memory MEM.db]
+        [--single 200] [--reps 5] [--calls 3] [--threads 0] [--memory MEM.db]
 
 Without --memory it builds a synthetic memory (random unit vectors, 100
 labels) in a temporary folder; queries are items plus a little noise.
@@ -49,7 +49,8 @@ def main():
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--single", type=int, default=200, help="single-query calls per repetition")
     ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5, help="rounds (C++ program, then Python)")
+    ap.add_argument("--calls", type=int, default=3, help="batch calls per round (and single-query passes in C++)")
     ap.add_argument("--threads", type=int, default=0, help="search threads (0: all cores)")
     ap.add_argument("--cpp", type=Path, default=ROOT / "build" / "bench_search_call")
     args = ap.parse_args()
@@ -80,15 +81,15 @@ def main():
         r = mem.search(qq, k=args.k, threads=args.threads)
         return r.distances, r.ids, r.labels
 
-    search(q[:8])  # warm up
+    search_arrays(q[:args.batch])  # warm up, as the C++ program does
     singles = [(q[i],) for i in range(args.single)]
-    batch = [(q[:args.batch],)]
+    batch = [(q[:args.batch],)] * args.calls
     # Rounds alternate C++ and Python so that a busy machine slows both alike;
     # each figure is the median of the rounds' medians.
     got = {key: [] for key in ("cpp1", "py1", "pya1", "cppb", "pyb", "pyab")}
     for _ in range(args.reps):
         cpp = subprocess.run([str(args.cpp), str(path), str(qfile), "--k", str(args.k), "--single", str(args.single),
-                              "--batch", str(args.batch), "--reps", "1", "--threads", str(args.threads)],
+                              "--batch", str(args.batch), "--reps", str(args.calls), "--threads", str(args.threads)],
                              capture_output=True, text=True, check=True)
         c = json.loads(cpp.stdout)
         got["cpp1"].append(c["single_us"])

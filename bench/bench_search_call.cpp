@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
     const int64_t nq = static_cast<int64_t>(q.size()) / d;
     if (a.shape.size() != 2 || a.shape[1] != d || nq < std::max(single, batch))
       throw Error(std::string(argv[2]) + ": need at least max(single, batch) rows of dimension " + std::to_string(d));
-    mem.search(q.data(), std::min<int64_t>(nq, 8), k, {}, threads);  // warm up
+    mem.search(q.data(), batch, k, {}, threads);  // warm up (allocations, caches, BLAS threads)
     std::vector<double> one;
     for (int r = 0; r < reps; ++r)
       for (int i = 0; i < single; ++i) {
