@@ -16,6 +16,10 @@ pkgs=(
   libfaiss-dev libomp-dev   # ANN baseline in bench/
   libopencv-dnn-dev         # encoder baseline in bench/
   chromium                  # renders the explain page in its test (headless screenshot)
+  python3-dev pybind11-dev python3-numpy   # the Python module (python/, `import vismem`)
+  python3-pytest            # its tests
+  python3-matplotlib        # examples/accuracy_vs_k.py
+  python3-pip python3-setuptools python3-wheel python3-venv   # pip install --no-build-isolation . (offline)
 )
 missing=()
 for p in "${pkgs[@]}"; do
