@@ -922,10 +922,15 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
   if (n > 0 && !x) throw Error("add: no vectors");
   // Validate the whole batch before touching any file: values (the same
   // normalization is redone row by row while writing, so nothing is copied whole).
-  std::vector<float> one(static_cast<size_t>(d));
   for (int64_t i = 0; i < n; ++i) {
-    std::copy(x + i * d, x + (i + 1) * d, one.begin());
-    l2_normalize_rows(one.data(), 1, d, "add: item " + std::to_string(i));
+    const float* row = x + i * d;
+    double ss = 0;
+    for (int j = 0; j < d; ++j) {
+      if (!std::isfinite(row[j]))
+        throw Error("add: row " + std::to_string(i) + " has a NaN or infinite value at column " + std::to_string(j));
+      ss += static_cast<double>(row[j]) * row[j];
+    }
+    if (ss == 0) throw Error("add: row " + std::to_string(i) + " is all zeros (cannot be normalized)");
   }
   std::unordered_set<std::string> batch;
   batch.reserve(static_cast<size_t>(n));
@@ -1308,11 +1313,13 @@ void Memory::set_ood_threshold(double threshold, int k, double fpr) {
 
 bool Memory::excluded(const ItemInfo& it) const {
   std::lock_guard<std::mutex> g(impl_->mu);
+  if (impl_->data_version < 0) impl_->refresh_locked(true);  // this handle wrote since
   return impl_->st.prune_mode == "hard" && static_cast<double>(it.wrong) >= impl_->st.prune_threshold;
 }
 
 double Memory::weight(const ItemInfo& it) const {
   std::lock_guard<std::mutex> g(impl_->mu);
+  if (impl_->data_version < 0) impl_->refresh_locked(true);
   return impl_->st.prune_mode == "soft" ? it.reliability : 1.0;
 }
 
