@@ -1,19 +1,48 @@
 #include "server.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netdb.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <webp/decode.h>
 
+#include <array>
 #include <atomic>
+#include <charconv>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <list>
+#include <map>
 #include <mutex>
+#include <semaphore>
 #include <shared_mutex>
+#include <sstream>
+#include <thread>
 
 #include "decision.h"
 #include "encoder.h"
 #include "error.h"
+#include "explain.h"
+#include "hash.h"
 #include "image.h"
 #include "preprocess.h"
 
 namespace vismem {
+
+// The web page's files, built into the binary from web/ (CMake writes web_assets.cpp).
+std::string_view web_asset(std::string_view name);
 
 nlohmann::json memory_info_json(const MemoryInfo& i) {
   nlohmann::json j = {{"path", i.path},
@@ -36,45 +65,186 @@ nlohmann::json memory_info_json(const MemoryInfo& i) {
   return j;
 }
 
+// ---------------------------------------------------------------- tokens
+
+std::vector<ApiToken> read_token_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw Error(path + ": cannot open the token file");
+  std::vector<ApiToken> out;
+  std::string line;
+  for (int no = 1; std::getline(f, line); ++no) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const size_t first = line.find_first_not_of(" \t");
+    if (first == std::string::npos || line[first] == '#') continue;
+    std::istringstream in(line);
+    std::string scope, hex, name;
+    in >> scope >> hex;
+    std::getline(in >> std::ws, name);
+    const auto bad = [&](const std::string& why) {
+      return Error(path + ":" + std::to_string(no) + ": " + why + " (lines are \"read|write SHA256 [NAME]\"; "
+                   "make one with `vismem token`)");
+    };
+    if (scope != "read" && scope != "write") throw bad("scope must be read or write, not \"" + scope + "\"");
+    if (hex.size() != 64 || hex.find_first_not_of("0123456789abcdef") != std::string::npos)
+      throw bad("the second field must be the token's sha256, 64 lowercase hex chars");
+    out.push_back({hex, scope == "write", name});
+  }
+  if (out.empty()) throw Error(path + ": no tokens in the token file");
+  return out;
+}
+
+std::string new_token() {
+  unsigned char b[32];
+  if (RAND_bytes(b, sizeof b) != 1) throw Error("cannot draw random bytes for a token (OpenSSL RAND_bytes)");
+  static const char* hex = "0123456789abcdef";
+  std::string t = "vm_";
+  for (unsigned char c : b) {
+    t += hex[c >> 4];
+    t += hex[c & 15];
+  }
+  return t;
+}
+
+std::string token_file_line(const std::string& token, bool write, const std::string& name) {
+  std::string line = std::string(write ? "write" : "read") + " " + sha256_hex(token.data(), token.size());
+  if (!name.empty()) line += " " + name;
+  return line;
+}
+
+bool is_loopback_host(const std::string& host) {
+  if (host == "localhost" || host == "::1" || host == "[::1]") return true;
+  in_addr a{};
+  return inet_pton(AF_INET, host.c_str(), &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
+
 namespace {
 
-// A client error: answered 400 (or the given status) with its message.
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// A client error: answered with its status and message.
 struct HttpError : Error {
   int status;
   HttpError(int s, const std::string& m) : Error(m), status(s) {}
 };
 
-nlohmann::json parse_body(const httplib::Request& req) {
+// Ids and labels are whatever bytes the memory holds: a body is always JSON,
+// invalid UTF-8 comes out as U+FFFD instead of an exception.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+void reply(httplib::Response& res, int status, const json& j) {
+  res.status = status;
+  res.set_content(dump(j), "application/json");
+}
+
+int64_t now_ns() { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count(); }
+constexpr int64_t kNever = INT64_MAX;
+constexpr int64_t kSecond = 1'000'000'000;
+
+// ---------------------------------------------------------------- bounded JSON
+
+// Builds the DOM like nlohmann's own parser but stops at the first value past
+// the limits: a 16 MB body of '[' costs 16 levels, not gigabytes.
+class BoundedSax : public nlohmann::detail::json_sax_dom_parser<json> {
+  using Base = nlohmann::detail::json_sax_dom_parser<json>;
+
+ public:
+  BoundedSax(json& root, const ServerLimits& l) : Base(root, false), lim_(l) {}
+  int status = 0;
+  std::string why;
+
+  bool null() { return count() && Base::null(); }
+  bool boolean(bool v) { return count() && Base::boolean(v); }
+  bool number_integer(json::number_integer_t v) { return count() && Base::number_integer(v); }
+  bool number_unsigned(json::number_unsigned_t v) { return count() && Base::number_unsigned(v); }
+  bool number_float(json::number_float_t v, const std::string& s) { return count() && Base::number_float(v, s); }
+  bool string(json::string_t& v) { return count() && Base::string(v); }
+  bool binary(json::binary_t& v) { return count() && Base::binary(v); }
+  bool key(json::string_t& v) { return count() && Base::key(v); }
+  bool start_object(std::size_t n) { return deeper() && count() && Base::start_object(n); }
+  bool start_array(std::size_t n) { return deeper() && count() && Base::start_array(n); }
+  bool end_object() {
+    --depth_;
+    return Base::end_object();
+  }
+  bool end_array() {
+    --depth_;
+    return Base::end_array();
+  }
+  template <class Exception>
+  bool parse_error(std::size_t, const std::string&, const Exception& ex) {
+    status = 400;
+    why = std::string("request body is not valid JSON: ") + ex.what();
+    return false;
+  }
+
+ private:
+  bool count() {
+    if (++values_ <= lim_.max_json_values) return true;
+    status = 413;
+    why = "the JSON body holds more than " + std::to_string(lim_.max_json_values) + " values (--max-json-values)";
+    return false;
+  }
+  bool deeper() {
+    if (++depth_ <= lim_.max_json_depth) return true;
+    status = 400;
+    why = "the JSON body nests deeper than " + std::to_string(lim_.max_json_depth) + " levels (--max-json-depth)";
+    return false;
+  }
+  const ServerLimits& lim_;
+  int64_t values_ = 0;
+  int depth_ = 0;
+};
+
+json parse_body(const std::string& body, const ServerLimits& lim) {
+  json root;
+  BoundedSax sax(root, lim);
+  bool ok = false;
   try {
-    return nlohmann::json::parse(req.body);
-  } catch (const nlohmann::json::exception& e) {
+    ok = json::sax_parse(body, &sax, json::input_format_t::json, true);
+  } catch (const json::exception& e) {  // e.g. a number or string nlohmann refuses
     throw HttpError(400, std::string("request body is not valid JSON: ") + e.what());
   }
+  if (!ok) throw HttpError(sax.status ? sax.status : 400, sax.why.empty() ? "request body is not valid JSON" : sax.why);
+  if (!root.is_object()) throw HttpError(400, "the request body must be a JSON object");
+  return root;
 }
 
 // "embeddings": [[...], ...] or "embedding": [...] -> n * dim floats.
-std::vector<float> embeddings_of(const nlohmann::json& j, int dim, int64_t& n) {
-  nlohmann::json rows;
-  if (j.contains("embeddings")) rows = j["embeddings"];
-  else if (j.contains("embedding")) rows = nlohmann::json::array({j["embedding"]});
-  else throw HttpError(400, "give \"embeddings\": [[...], ...] or \"embedding\": [...]");
-  if (!rows.is_array() || rows.empty()) throw HttpError(400, "\"embeddings\" must be a non-empty array of arrays");
+std::vector<float> embeddings_of(const json& j, int dim, int64_t max_rows, int64_t& n) {
+  const json* rows = nullptr;
+  json one;
+  if (j.contains("embeddings")) {
+    rows = &j["embeddings"];
+  } else if (j.contains("embedding")) {
+    one = json::array({j["embedding"]});
+    rows = &one;
+  } else {
+    throw HttpError(400, "give \"embeddings\": [[...], ...] or \"embedding\": [...]");
+  }
+  if (!rows->is_array() || rows->empty()) throw HttpError(400, "\"embeddings\" must be a non-empty array of arrays");
+  if (max_rows > 0 && static_cast<int64_t>(rows->size()) > max_rows)
+    throw HttpError(413, std::to_string(rows->size()) + " queries in one request; at most " + std::to_string(max_rows) +
+                             " (--max-queries)");
   std::vector<float> x;
-  x.reserve(rows.size() * static_cast<size_t>(dim));
-  for (size_t r = 0; r < rows.size(); ++r) {
-    const auto& row = rows[r];
-    if (!row.is_array() || static_cast<int>(row.size()) != dim)
+  x.reserve(rows->size() * static_cast<size_t>(dim));
+  for (size_t r = 0; r < rows->size(); ++r) {
+    const auto& row = (*rows)[r];
+    if (!row.is_array() || row.size() != static_cast<size_t>(dim))
       throw HttpError(400, "embedding " + std::to_string(r) + " must be an array of " + std::to_string(dim) + " numbers");
     for (const auto& v : row) {
       if (!v.is_number()) throw HttpError(400, "embedding " + std::to_string(r) + " holds a non-number");
-      x.push_back(v.get<float>());
+      const double d = v.get<double>();
+      if (!std::isfinite(d) || std::fabs(d) > 3.4e38)
+        throw HttpError(400, "embedding " + std::to_string(r) + " holds a number that is not a finite float");
+      x.push_back(static_cast<float>(d));
     }
   }
-  n = static_cast<int64_t>(rows.size());
+  n = static_cast<int64_t>(rows->size());
   return x;
 }
 
-std::vector<std::string> strings_of(const nlohmann::json& j, const char* key, size_t expected) {
+std::vector<std::string> strings_of(const json& j, const char* key, size_t expected) {
   if (!j.contains(key)) return {};
   const auto& a = j[key];
   if (!a.is_array() || (expected && a.size() != expected))
@@ -87,9 +257,604 @@ std::vector<std::string> strings_of(const nlohmann::json& j, const char* key, si
   return out;
 }
 
-void reply(httplib::Response& res, int status, const nlohmann::json& j) {
-  res.status = status;
-  res.set_content(j.dump(), "application/json");
+// An integer parameter from the JSON body or the query string, checked
+// against [lo, hi] before any narrowing: 4294967298 is out of range, never 2.
+int int_param(const httplib::Request& req, const json& body, const char* key, int fallback, int lo, int hi,
+              const char* option) {
+  const std::string range = std::string("\"") + key + "\" must be an integer from " + std::to_string(lo) + " to " +
+                            std::to_string(hi) + (option[0] ? std::string(" (") + option + ")" : std::string());
+  if (body.is_object() && body.contains(key)) {
+    const json& v = body[key];
+    if (v.is_number_unsigned()) {
+      const uint64_t u = v.get<uint64_t>();
+      if (u < static_cast<uint64_t>(std::max(lo, 0)) || u > static_cast<uint64_t>(hi)) throw HttpError(400, range);
+      return static_cast<int>(u);
+    }
+    if (v.is_number_integer()) {
+      const int64_t i = v.get<int64_t>();
+      if (i < lo || i > hi) throw HttpError(400, range);
+      return static_cast<int>(i);
+    }
+    throw HttpError(400, range);
+  }
+  if (req.has_param(key)) {
+    const std::string s = req.get_param_value(key);
+    int64_t i = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), i);
+    if (ec != std::errc() || p != s.data() + s.size() || s.empty() || i < lo || i > hi) throw HttpError(400, range);
+    return static_cast<int>(i);
+  }
+  return fallback;
+}
+
+std::string str_param(const httplib::Request& req, const json& body, const char* key, const std::string& fallback) {
+  if (body.is_object() && body.contains(key)) {
+    if (!body[key].is_string()) throw HttpError(400, std::string("\"") + key + "\" must be a string");
+    return body[key].get<std::string>();
+  }
+  return req.has_param(key) ? req.get_param_value(key) : fallback;
+}
+
+// ---------------------------------------------------------------- image headers
+
+uint32_t be16(const uint8_t* p) { return uint32_t(p[0]) << 8 | p[1]; }
+uint32_t be32(const uint8_t* p) { return be16(p) << 16 | be16(p + 2); }
+int32_t le32(const uint8_t* p) { return int32_t(uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24); }
+
+// Width * height as the image's header claims, before any pixel is decoded
+// (-1 when the header cannot be read: the decoder then says what is wrong).
+int64_t claimed_pixels(const std::string& body) {
+  const auto* p = reinterpret_cast<const uint8_t*>(body.data());
+  const size_t n = body.size();
+  if (n >= 24 && !std::memcmp(p, "\x89PNG\r\n\x1a\n", 8)) return int64_t(be32(p + 16)) * be32(p + 20);
+  if (n >= 26 && p[0] == 'B' && p[1] == 'M') return int64_t(std::abs(int64_t(le32(p + 18)))) * std::abs(int64_t(le32(p + 22)));
+  if (n >= 12 && !std::memcmp(p, "RIFF", 4) && !std::memcmp(p + 8, "WEBP", 4)) {
+    int w = 0, h = 0;
+    return WebPGetInfo(p, n, &w, &h) ? int64_t(w) * h : -1;
+  }
+  if (n >= 4 && p[0] == 0xFF && p[1] == 0xD8) {
+    // JPEG: walk the markers to the first start-of-frame (SOF0..SOF15 but DHT, JPG, DAC).
+    size_t i = 2;
+    while (i + 9 < n) {
+      if (p[i] != 0xFF) return -1;
+      const uint8_t m = p[i + 1];
+      if (m == 0xFF) {
+        ++i;
+        continue;
+      }
+      if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) return int64_t(be16(p + i + 5)) * be16(p + i + 7);
+      if (m == 0xD8 || (m >= 0xD0 && m <= 0xD7) || m == 0x01) {
+        i += 2;
+        continue;
+      }
+      i += 2 + be16(p + i + 2);
+    }
+  }
+  return -1;
+}
+
+// ---------------------------------------------------------------- metrics
+
+const char* const kEndpoints[] = {"/", "/app.js", "/healthz", "/metrics", "/v1/info", "/v1/classify",
+                                  "/v1/explain", "/v1/search", "/v1/add", "/v1/remove"};
+constexpr double kBuckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+constexpr size_t kNBuckets = sizeof kBuckets / sizeof kBuckets[0];
+
+struct Metrics {
+  std::mutex m;
+  struct Ep {
+    std::map<int, int64_t> by_status;
+    std::array<int64_t, kNBuckets + 1> buckets{};
+    double sum = 0;
+    int64_t count = 0;
+  };
+  std::map<std::string, Ep> eps;
+  std::atomic<int64_t> open{0}, accepted{0}, rejected{0}, evicted{0}, timed_out{0};
+
+  void record(const std::string& path, int status, double seconds) {
+    std::string ep = "other";
+    for (const char* e : kEndpoints)
+      if (path == e) ep = e;
+    std::lock_guard<std::mutex> g(m);
+    Ep& e = eps[ep];
+    ++e.by_status[status];
+    size_t b = 0;
+    while (b < kNBuckets && seconds > kBuckets[b]) ++b;
+    ++e.buckets[b];
+    e.sum += seconds;
+    ++e.count;
+  }
+
+  std::string text(int64_t items, int64_t generation) {
+    std::ostringstream o;
+    o << "# HELP vismem_requests_total HTTP requests answered, by endpoint and status.\n"
+         "# TYPE vismem_requests_total counter\n";
+    std::lock_guard<std::mutex> g(m);
+    for (auto& [ep, e] : eps)
+      for (auto& [st, c] : e.by_status)
+        o << "vismem_requests_total{endpoint=\"" << ep << "\",code=\"" << st << "\"} " << c << "\n";
+    o << "# HELP vismem_request_duration_seconds Time from a request's first byte to its response written.\n"
+         "# TYPE vismem_request_duration_seconds histogram\n";
+    for (auto& [ep, e] : eps) {
+      int64_t cum = 0;
+      for (size_t b = 0; b <= kNBuckets; ++b) {
+        cum += e.buckets[b];
+        o << "vismem_request_duration_seconds_bucket{endpoint=\"" << ep << "\",le=\"";
+        if (b < kNBuckets) o << kBuckets[b];
+        else o << "+Inf";
+        o << "\"} " << cum << "\n";
+      }
+      o << "vismem_request_duration_seconds_sum{endpoint=\"" << ep << "\"} " << e.sum << "\n";
+      o << "vismem_request_duration_seconds_count{endpoint=\"" << ep << "\"} " << e.count << "\n";
+    }
+    o << "# HELP vismem_items Items in the memory.\n# TYPE vismem_items gauge\nvismem_items " << items << "\n"
+      << "# HELP vismem_generation The memory's generation (bumped by every write).\n# TYPE vismem_generation gauge\n"
+      << "vismem_generation " << generation << "\n"
+      << "# HELP vismem_connections_open Connections open now.\n# TYPE vismem_connections_open gauge\n"
+      << "vismem_connections_open " << open << "\n"
+      << "# HELP vismem_connections_total Connections by outcome: accepted, rejected (503, limit), evicted (idle, "
+         "closed for a new one), timed_out (read/write/idle timeout).\n# TYPE vismem_connections_total counter\n"
+      << "vismem_connections_total{outcome=\"accepted\"} " << accepted << "\n"
+      << "vismem_connections_total{outcome=\"rejected\"} " << rejected << "\n"
+      << "vismem_connections_total{outcome=\"evicted\"} " << evicted << "\n"
+      << "vismem_connections_total{outcome=\"timed_out\"} " << timed_out << "\n";
+    return o.str();
+  }
+};
+
+// ---------------------------------------------------------------- connections
+
+// One accepted connection as the watchdog sees it.
+struct Conn {
+  int fd = -1;
+  std::atomic<int64_t> deadline{kNever};  // steady-clock ns; past it the socket is shut down
+  std::atomic<bool> idle{true};           // waiting for a request's first byte: may be closed for a newcomer
+  std::atomic<bool> killed{false};
+  int64_t since = 0;
+};
+
+// Every open connection, and a watchdog thread that shuts down the socket of
+// any connection past its deadline: a blocked read or write then returns at
+// once, whatever the client trickles. Sockets are only shut down under the
+// lock and closed by their owner after remove(), so a number is never reused
+// under the watchdog.
+class Registry {
+ public:
+  explicit Registry(Metrics& m) : metrics_(m), watchdog_([this] { watch(); }) {}
+  ~Registry() {
+    {
+      std::lock_guard<std::mutex> g(m_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    watchdog_.join();
+  }
+  void add(Conn* c) {
+    std::lock_guard<std::mutex> g(m_);
+    live_.push_back(c);
+    ++metrics_.open;
+    ++metrics_.accepted;
+    if (stopping_) kill(c);
+  }
+  void remove(Conn* c) {
+    std::lock_guard<std::mutex> g(m_);
+    live_.remove(c);
+    --metrics_.open;
+  }
+  // Closes the longest-idle connection to make room; false if none is idle.
+  bool evict_idle() {
+    std::lock_guard<std::mutex> g(m_);
+    Conn* oldest = nullptr;
+    for (Conn* c : live_)
+      if (c->idle && !c->killed && (!oldest || c->since < oldest->since)) oldest = c;
+    if (!oldest) return false;
+    kill(oldest);
+    ++metrics_.evicted;
+    return true;
+  }
+  // Shutting down: idle connections close now, one still arriving or being
+  // sent gets a second more, a request being computed is answered.
+  void stop_all() {
+    std::lock_guard<std::mutex> g(m_);
+    stopping_ = true;
+    const int64_t soon = now_ns() + kSecond;
+    for (Conn* c : live_) {
+      if (c->idle) kill(c);
+      else if (c->deadline.load() > soon && c->deadline.load() != kNever) c->deadline = soon;
+    }
+  }
+  bool stopping() {
+    std::lock_guard<std::mutex> g(m_);
+    return stopping_;
+  }
+
+ private:
+  void kill(Conn* c) {  // under m_
+    if (!c->killed.exchange(true)) ::shutdown(c->fd, SHUT_RDWR);
+  }
+  void watch() {
+    std::unique_lock<std::mutex> g(m_);
+    while (!quit_) {
+      cv_.wait_for(g, std::chrono::milliseconds(50));
+      const int64_t now = now_ns();
+      for (Conn* c : live_)
+        if (!c->killed && c->deadline.load() < now) {
+          kill(c);
+          ++metrics_.timed_out;
+        }
+    }
+  }
+  Metrics& metrics_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::list<Conn*> live_;
+  bool stopping_ = false, quit_ = false;
+  std::thread watchdog_;
+};
+
+// Per-request state of the connection thread, for the handlers.
+struct RequestState {
+  Conn* conn = nullptr;
+  int64_t started = 0;     // first byte of the request
+  bool body_done = false;  // the request was read to its end (a reply keeps the connection usable)
+  bool close = false;      // close after this response (the body may be unread)
+  bool too_large = false;  // the stream stopped a body past the limit (chunked: no Content-Length to check)
+  int status = 0;          // of the response written (0: none)
+  std::string path;
+};
+thread_local RequestState tl_request;
+thread_local bool tl_reject = false;  // set by the pool: answer 503 and close
+
+// The socket as httplib's Stream: buffered reads, every read and write bounded
+// by the connection's deadline (through the watchdog), TLS when ssl is set.
+class ConnStream : public httplib::Stream {
+ public:
+  ConnStream(Conn& c, const ServerLimits& l) : c_(c), lim_(l) {}
+  SSL* ssl = nullptr;
+
+  void next_request() {
+    phase_ = Phase::idle;
+    head_bytes_ = 0;
+    body_bytes_ = 0;
+    crlf_ = 0;
+    c_.idle = true;
+    c_.deadline = now_ns() + int64_t(lim_.idle_timeout_s) * kSecond;
+  }
+  // The request is read: the handler's time is not bounded by the read timeout.
+  void computing() {
+    if (phase_ != Phase::writing) c_.deadline = kNever;
+  }
+
+  bool is_readable() const override { return true; }  // reads block; the watchdog bounds them
+  bool is_writable() const override { return !c_.killed; }
+
+  ssize_t read(char* ptr, size_t size) override {
+    if (pos_ == end_) {
+      const ssize_t r = raw_read(buf_, sizeof buf_);
+      if (r <= 0) return -1;
+      pos_ = 0;
+      end_ = static_cast<size_t>(r);
+    }
+    if (phase_ == Phase::idle) {
+      phase_ = Phase::head;
+      c_.idle = false;
+      tl_request.started = now_ns();
+      c_.deadline = tl_request.started + int64_t(lim_.read_timeout_s) * kSecond;
+    }
+    size_t m = std::min(size, end_ - pos_);
+    if (phase_ == Phase::head) {
+      // httplib bounds each header line, not their number: bound the whole head.
+      for (size_t i = 0; i < m; ++i) {
+        // crlf_: 0 in a line, 1 after "\r", 2 after a line's "\n", 3 after "\n\r"; an empty line ends the head.
+        const char ch = buf_[pos_ + i];
+        if (ch == '\r') crlf_ = crlf_ == 2 ? 3 : 1;
+        else if (ch == '\n') crlf_ = crlf_ >= 2 ? 4 : 2;
+        else crlf_ = 0;
+        if (crlf_ == 4) {
+          phase_ = Phase::body;
+          m = i + 1;
+          break;
+        }
+      }
+      head_bytes_ += m;
+      if (phase_ == Phase::head && head_bytes_ > kMaxHead) return -1;
+    } else if (phase_ == Phase::body) {
+      // httplib 0.11 bounds a body by its Content-Length only: a chunked one
+      // is bounded here (the slack is for the chunks' own framing).
+      body_bytes_ += m;
+      if (body_bytes_ > lim_.max_body + lim_.max_body / 8 + 65536) {
+        tl_request.too_large = true;
+        return -1;
+      }
+    }
+    std::memcpy(ptr, buf_ + pos_, m);
+    pos_ += m;
+    return static_cast<ssize_t>(m);
+  }
+
+  ssize_t write(const char* ptr, size_t size) override {
+    if (phase_ != Phase::writing) {
+      phase_ = Phase::writing;
+      c_.deadline = now_ns() + int64_t(lim_.write_timeout_s) * kSecond;
+    }
+    size_t done = 0;
+    while (done < size) {
+      ssize_t w;
+      if (ssl) {
+        w = SSL_write(ssl, ptr + done, static_cast<int>(std::min<size_t>(size - done, 1 << 30)));
+      } else {
+        w = ::send(c_.fd, ptr + done, size - done, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+      }
+      if (w <= 0) return -1;
+      done += static_cast<size_t>(w);
+    }
+    return static_cast<ssize_t>(size);
+  }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { address(true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { address(false, ip, port); }
+  socket_t socket() const override { return c_.fd; }
+
+  // After a refused request whose body was not read: let the client read the
+  // answer before the close (closing with unread data would reset the
+  // connection and lose it), draining for at most 2 s.
+  void linger() {
+    c_.deadline = now_ns() + 2 * kSecond;
+    if (ssl) SSL_shutdown(ssl);
+    ::shutdown(c_.fd, SHUT_WR);
+    char sink[4096];
+    while (::recv(c_.fd, sink, sizeof sink, 0) > 0) {
+    }
+  }
+
+ private:
+  enum class Phase { idle, head, body, writing };
+  static constexpr size_t kMaxHead = 64 * 1024;
+
+  ssize_t raw_read(char* p, size_t n) {
+    for (;;) {
+      if (ssl) {
+        const int r = SSL_read(ssl, p, static_cast<int>(n));
+        return r > 0 ? r : -1;
+      }
+      const ssize_t r = ::recv(c_.fd, p, n, 0);
+      if (r < 0 && errno == EINTR) continue;
+      return r;
+    }
+  }
+  void address(bool peer, std::string& ip, int& port) const {
+    sockaddr_storage a{};
+    socklen_t len = sizeof a;
+    ip.clear();
+    port = -1;
+    if ((peer ? getpeername(c_.fd, reinterpret_cast<sockaddr*>(&a), &len)
+              : getsockname(c_.fd, reinterpret_cast<sockaddr*>(&a), &len)) != 0)
+      return;
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (getnameinfo(reinterpret_cast<sockaddr*>(&a), len, host, sizeof host, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+      ip = host;
+      port = std::atoi(serv);
+    }
+  }
+
+  Conn& c_;
+  const ServerLimits& lim_;
+  char buf_[16384];
+  size_t pos_ = 0, end_ = 0;
+  Phase phase_ = Phase::idle;
+  size_t head_bytes_ = 0, body_bytes_ = 0;
+  int crlf_ = 0;  // progress through "\r\n\r\n" (bare "\n\n" too)
+};
+
+// httplib's task queue: one thread per connection up to max_connections. A
+// connection past the limit first closes the longest-idle one; with none
+// idle it is answered 503 on the accepting thread (a write to a fresh socket
+// does not block) and closed.
+class ConnectionPool : public httplib::TaskQueue {
+ public:
+  ConnectionPool(Registry& r, int n) : reg_(r), limit_(static_cast<size_t>(n)) {
+    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { work(); });
+  }
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::lock_guard<std::mutex> g(m_);
+      if (jobs_.size() + running_ < limit_ || (jobs_.size() < limit_ && reg_.evict_idle())) {
+        jobs_.push_back(std::move(fn));
+        cv_.notify_one();
+        return;
+      }
+    }
+    tl_reject = true;
+    fn();
+    tl_reject = false;
+  }
+  void shutdown() override {
+    reg_.stop_all();
+    {
+      std::lock_guard<std::mutex> g(m_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock<std::mutex> g(m_);
+        cv_.wait(g, [this] { return quit_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;  // quit_ and nothing left
+        fn = std::move(jobs_.front());
+        jobs_.pop_front();
+        ++running_;
+      }
+      fn();
+      std::lock_guard<std::mutex> g(m_);
+      --running_;
+    }
+  }
+  Registry& reg_;
+  size_t limit_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  size_t running_ = 0;
+  bool quit_ = false;
+  std::vector<std::thread> threads_;
+};
+
+std::string openssl_error() {
+  const unsigned long e = ERR_get_error();
+  if (!e) return "unknown OpenSSL error";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof buf);
+  return buf;
+}
+
+// httplib::Server with our own connection handling: httplib parses and
+// routes (process_request), this class owns the socket's life.
+class Listener : public httplib::Server {
+ public:
+  Listener(const ServerLimits& l, Metrics& m, SSL_CTX* tls) : lim_(l), metrics_(m), tls_(tls), reg_(m) {
+    new_task_queue = [this] { return new ConnectionPool(reg_, lim_.max_connections); };
+  }
+  // httplib listens with a backlog of 5: a burst of connections (the idle
+  // ones that are then closed for newcomers) would have SYNs dropped and
+  // clients wait a second each. listen() again sets a longer queue.
+  void widen_backlog() { ::listen(svr_sock_, SOMAXCONN); }
+
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    if (tl_reject) {
+      ++metrics_.rejected;
+      if (!tls_) {
+        static const std::string body = "{\"error\":\"too many connections: try again later (--max-connections)\"}";
+        static const std::string msg = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                       "Retry-After: 1\r\nConnection: close\r\nContent-Length: " +
+                                       std::to_string(body.size()) + "\r\n\r\n" + body;
+        [[maybe_unused]] ssize_t w = ::send(sock, msg.data(), msg.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
+      ::shutdown(sock, SHUT_RDWR);
+      ::close(sock);
+      return true;
+    }
+    Conn c;
+    c.fd = sock;
+    c.since = now_ns();
+    // The TLS handshake must also finish within the read timeout.
+    c.deadline = c.since + int64_t(tls_ ? lim_.read_timeout_s : lim_.idle_timeout_s) * kSecond;
+    reg_.add(&c);
+    {
+      ConnStream strm(c, lim_);
+      SSL* ssl = nullptr;
+      bool ok = true;
+      if (tls_) {
+        ssl = SSL_new(tls_);
+        ok = ssl && SSL_set_fd(ssl, sock) == 1 && SSL_accept(ssl) == 1;
+        strm.ssl = ssl;
+        ERR_clear_error();
+      }
+      for (int left = 100; ok && left > 0 && !c.killed; --left) {
+        strm.next_request();
+        tl_request = RequestState{};
+        tl_request.conn = &c;
+        tl_current_stream = &strm;
+        bool closed = false;
+        const bool answered = process_request(strm, left == 1 || reg_.stopping(), closed, nullptr);
+        if (answered && tl_request.status)
+          metrics_.record(tl_request.path, tl_request.status, double(now_ns() - tl_request.started) / kSecond);
+        if (!answered || closed || left == 1 || reg_.stopping()) break;
+        if (tl_request.close) {
+          strm.linger();
+          break;
+        }
+      }
+      tl_current_stream = nullptr;
+      if (ssl) {
+        if (!c.killed) SSL_shutdown(ssl);
+        SSL_free(ssl);
+      }
+    }
+    reg_.remove(&c);
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    return true;
+  }
+
+ public:
+  static thread_local ConnStream* tl_current_stream;
+
+ private:
+  const ServerLimits& lim_;
+  Metrics& metrics_;
+  SSL_CTX* tls_;
+  Registry reg_;
+};
+thread_local ConnStream* Listener::tl_current_stream = nullptr;
+
+// The request's body is read: its handler is not bounded by the read timeout.
+void request_read() {
+  tl_request.body_done = true;
+  if (Listener::tl_current_stream) Listener::tl_current_stream->computing();
+}
+
+bool starts_with(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// The media type of a Content-Type header, without parameters, lowercase.
+std::string media_type(const std::string& ctype) {
+  std::string t = lower(ctype.substr(0, ctype.find(';')));
+  while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.pop_back();
+  return t;
+}
+
+// A host name or address as given (--host, --allow-host): lowercase, no brackets.
+std::string bare_host(const std::string& h) {
+  if (h.size() > 2 && h.front() == '[' && h.back() == ']') return lower(h.substr(1, h.size() - 2));
+  return lower(h);
+}
+
+// The Host header's name without its port ("[::1]:8080" -> "::1").
+std::string host_name(const std::string& h) {
+  if (!h.empty() && h[0] == '[') {
+    const size_t e = h.find(']');
+    return e == std::string::npos ? h : lower(h.substr(1, e - 1));
+  }
+  const size_t colon = h.find(':');
+  return lower(colon == std::string::npos ? h : h.substr(0, colon));
+}
+
+enum class Scope { none, read, write };
+
+struct Route {
+  Scope scope;
+  bool json_body;   // POST with application/json
+  bool image_body;  // POST may also be image/*
+};
+
+bool route_of(const std::string& method, const std::string& path, Route& r) {
+  if (method == "GET") {
+    if (path == "/" || path == "/app.js" || path == "/healthz") r = {Scope::none, false, false};
+    else if (path == "/metrics" || path == "/v1/info") r = {Scope::read, false, false};
+    else return false;
+    return true;
+  }
+  if (method == "POST") {
+    if (path == "/v1/classify" || path == "/v1/explain") r = {Scope::read, true, true};
+    else if (path == "/v1/search") r = {Scope::read, true, false};
+    else if (path == "/v1/add" || path == "/v1/remove") r = {Scope::write, true, false};
+    else return false;
+    return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -97,22 +862,116 @@ void reply(httplib::Response& res, int status, const nlohmann::json& j) {
 struct Server::Impl {
   Memory mem;
   ServerOptions opt;
-  httplib::Server http;
+  Metrics metrics;
+  SSL_CTX* tls = nullptr;
+  std::unique_ptr<Listener> http;
   std::shared_mutex lock;      // readers: search/classify/info; writers: add/remove
   std::mutex encoder_lock;     // one image request through the encoder at a time
   std::unique_ptr<Encoder> encoder;
+  std::counting_semaphore<1024> decodes;
   // The OOD threshold, read once: info() reads the file and walks every
   // label, too much per request; it changes only through `vismem ood-fit`.
   int ood_k = 100;
   double ood_threshold = -1;
+  std::vector<std::string> allowed_hosts;  // lowercase; "*" any
 
-  Impl(Memory m, ServerOptions o) : mem(std::move(m)), opt(std::move(o)) {
+  Impl(Memory m, ServerOptions o)
+      : mem(std::move(m)), opt(std::move(o)), decodes(std::clamp(opt.limits.max_decodes, 1, 1024)) {
+    const ServerLimits& l = opt.limits;
+    if (l.max_body < 1 || l.max_json_depth < 3 || l.max_json_values < 1 || l.max_queries < 1 || l.max_k < 1 ||
+        l.max_image_pixels < 1 || l.max_decodes < 1 || l.max_decodes > 1024 || l.read_timeout_s < 1 ||
+        l.write_timeout_s < 1 || l.idle_timeout_s < 1 || l.max_connections < 1 || l.max_connections > 4096)
+      throw Error("server limits out of range (every limit at least 1, JSON depth at least 3, at most 4096 "
+                  "connections and 1024 decodes)");
     MemoryInfo info = mem.info();
     if (info.ood_k > 0) {
       ood_k = info.ood_k;
       ood_threshold = info.ood_threshold;
     }
+    if (!opt.tls_cert.empty() || !opt.tls_key.empty()) {
+      if (opt.tls_cert.empty() || opt.tls_key.empty()) throw Error("TLS needs both --tls-cert and --tls-key");
+      tls = SSL_CTX_new(TLS_server_method());
+      if (!tls) throw Error("cannot create a TLS context: " + openssl_error());
+      SSL_CTX_set_min_proto_version(tls, TLS1_2_VERSION);
+      if (SSL_CTX_use_certificate_chain_file(tls, opt.tls_cert.c_str()) != 1) {
+        SSL_CTX_free(tls);
+        throw Error(opt.tls_cert + ": cannot load the TLS certificate: " + openssl_error());
+      }
+      if (SSL_CTX_use_PrivateKey_file(tls, opt.tls_key.c_str(), SSL_FILETYPE_PEM) != 1 ||
+          SSL_CTX_check_private_key(tls) != 1) {
+        SSL_CTX_free(tls);
+        throw Error(opt.tls_key + ": cannot load the TLS key (or it does not match the certificate): " + openssl_error());
+      }
+    }
+    signal(SIGPIPE, SIG_IGN);  // a client that goes away must not end the process
+    http = std::make_unique<Listener>(opt.limits, metrics, tls);
   }
+  ~Impl() {
+    http.reset();
+    if (tls) SSL_CTX_free(tls);
+  }
+
+  // ------------------------------------------------ access
+
+  // The token's scope, comparing its digest with every stored one in
+  // constant time (no early exit: the time says nothing about which matched).
+  Scope token_scope(const std::string& token) const {
+    const std::string digest = sha256_hex(token.data(), token.size());
+    Scope s = Scope::none;
+    for (const ApiToken& t : opt.tokens) {
+      const bool same = t.sha256.size() == digest.size() && CRYPTO_memcmp(t.sha256.data(), digest.data(), digest.size()) == 0;
+      if (same) s = t.write ? Scope::write : Scope::read;
+    }
+    return s;
+  }
+
+  bool host_allowed(const httplib::Request& req) const {
+    if (!req.has_header("Host")) return false;
+    const std::string h = host_name(req.get_header_value("Host"));
+    for (const std::string& a : allowed_hosts)
+      if (a == "*" || a == h) return true;
+    return false;
+  }
+
+  // Everything decided from the request line and headers, before the body is
+  // read: Host, token, Content-Type, Content-Length. Throws HttpError.
+  void precheck(const httplib::Request& req) {
+    if (req.path == "/healthz") return;
+    if (!host_allowed(req))
+      throw HttpError(403, "Host \"" + req.get_header_value("Host") + "\" is not allowed (start the service with --allow-host NAME)");
+    Route r{};
+    if (!route_of(req.method, req.path, r)) return;  // routing answers 404
+    if (r.scope != Scope::none && !opt.tokens.empty()) {
+      const std::string auth = req.get_header_value("Authorization");
+      if (!starts_with(auth, "Bearer ") && !starts_with(auth, "bearer "))
+        throw HttpError(401, req.path + " needs a token: send \"Authorization: Bearer TOKEN\"");
+      const Scope s = token_scope(auth.substr(7));
+      if (s == Scope::none) throw HttpError(401, "unknown token");
+      if (r.scope == Scope::write && s != Scope::write)
+        throw HttpError(403, "this token has read scope; " + req.path + " needs a write token");
+    }
+    if (r.scope == Scope::write && opt.read_only) throw HttpError(403, "this service is read-only");
+    if (req.method == "POST") {
+      const std::string t = media_type(req.get_header_value("Content-Type"));
+      const bool ok = (r.json_body && t == "application/json") || (r.image_body && starts_with(t, "image/"));
+      if (!ok)
+        throw HttpError(415, "Content-Type \"" + req.get_header_value("Content-Type") + "\" is not accepted on " + req.path +
+                                 ": send application/json" + (r.image_body ? " or an image/* body" : "") +
+                                 " (curl: -H 'Content-Type: application/json')");
+      if (!req.has_header("Content-Length") && lower(req.get_header_value("Transfer-Encoding")) != "chunked")
+        throw HttpError(411, "a POST needs Content-Length (or chunked Transfer-Encoding)");
+      if (req.has_header("Content-Length")) {
+        const std::string s = req.get_header_value("Content-Length");
+        uint64_t n = 0;
+        auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+        if (ec == std::errc::result_out_of_range || (ec == std::errc() && n > opt.limits.max_body))
+          throw HttpError(413, "request body of " + s + " bytes; at most " + std::to_string(opt.limits.max_body) +
+                                   " (--max-body)");
+      }
+    }
+  }
+
+  // ------------------------------------------------ images
 
   const Encoder& get_encoder() {  // under encoder_lock
     if (!encoder) {
@@ -128,101 +987,124 @@ struct Server::Impl {
   }
 
   std::vector<float> embed_image(const std::string& body) {
+    const int64_t px = claimed_pixels(body);
+    if (px > opt.limits.max_image_pixels)
+      throw HttpError(413, "the image claims " + std::to_string(px) + " pixels; at most " +
+                               std::to_string(opt.limits.max_image_pixels) + " (--max-image-pixels)");
+    // Decoding is where an image costs memory: a few at a time.
+    if (!decodes.try_acquire_for(std::chrono::seconds(10)))
+      throw HttpError(503, "too many images being decoded: try again later (--max-decodes)");
+    struct Release {
+      std::counting_semaphore<1024>& s;
+      ~Release() { s.release(); }
+    } release{decodes};
     Image img = decode_image(reinterpret_cast<const uint8_t*>(body.data()), body.size(), "request body");
     std::lock_guard<std::mutex> g(encoder_lock);
     const Encoder& enc = get_encoder();
     const int s = enc.input_size();
-    std::vector<float> px(3 * s * s), out(enc.dim());
-    preprocess(img, enc.preprocess(), px.data());
-    enc.forward(px.data(), 1, out.data(), opt.threads);
+    std::vector<float> pxs(3 * s * s), out(enc.dim());
+    preprocess(img, enc.preprocess(), pxs.data());
+    enc.forward(pxs.data(), 1, out.data(), opt.threads);
+    l2_normalize_rows(out.data(), 1, enc.dim(), "the request's image");  // as `vismem add/classify` do
     return out;
   }
 
-  static int param_int(const httplib::Request& req, const nlohmann::json& body, const char* key, int fallback) {
-    if (body.is_object() && body.contains(key)) {
-      if (!body[key].is_number_integer() || body[key].get<int>() < 1)
-        throw HttpError(400, std::string("\"") + key + "\" must be a positive integer");
-      return body[key].get<int>();
-    }
-    if (req.has_param(key)) {
-      try {
-        int v = std::stoi(req.get_param_value(key));
-        if (v >= 1) return v;
-      } catch (...) {
-      }
-      throw HttpError(400, std::string(key) + " must be a positive integer");
-    }
-    return fallback;
+  static bool is_image(const httplib::Request& req) {
+    return starts_with(media_type(req.get_header_value("Content-Type")), "image/");
   }
 
-  static std::string param_str(const httplib::Request& req, const nlohmann::json& body, const char* key,
-                               const std::string& fallback) {
-    if (body.is_object() && body.contains(key)) {
-      if (!body[key].is_string()) throw HttpError(400, std::string("\"") + key + "\" must be a string");
-      return body[key].get<std::string>();
-    }
-    return req.has_param(key) ? req.get_param_value(key) : fallback;
-  }
-
-  nlohmann::json classify(const httplib::Request& req) {
-    const std::string ctype = req.get_header_value("Content-Type");
-    const bool image = ctype.rfind("image/", 0) == 0 || ctype == "application/octet-stream";
-    nlohmann::json body = image ? nlohmann::json::object() : parse_body(req);
-    const int k = param_int(req, body, "k", opt.default_k);
-    const std::string vote_name = param_str(req, body, "vote", opt.default_vote);
-    Vote vote;
+  Vote vote_param(const httplib::Request& req, const json& body, std::string& name) {
+    name = str_param(req, body, "vote", opt.default_vote);
     try {
-      vote = parse_vote(vote_name);
+      return parse_vote(name);
     } catch (const Error& e) {
       throw HttpError(400, e.what());
     }
+  }
+
+  // ------------------------------------------------ endpoints
+
+  json classify(const httplib::Request& req) {
+    const bool image = is_image(req);
+    json body = image ? json::object() : parse_body(req.body, opt.limits);
+    const int k = int_param(req, body, "k", opt.default_k, 1, opt.limits.max_k, "--max-k");
+    std::string vote_name;
+    const Vote vote = vote_param(req, body, vote_name);
     int64_t n = 1;
     std::vector<float> x;
     std::vector<std::string> ids;
     if (image) {
       x = embed_image(req.body);
-      ids = {param_str(req, body, "id", "image")};
+      ids = {str_param(req, body, "id", "image")};
     } else {
-      x = embeddings_of(body, mem.dim(), n);
+      x = embeddings_of(body, mem.dim(), opt.limits.max_queries, n);
       ids = strings_of(body, "ids", static_cast<size_t>(n));
     }
     std::shared_lock<std::shared_mutex> g(lock);
     if (mem.size() == 0) throw HttpError(409, "the memory is empty: add items first");
     auto res = mem.search(x.data(), n, std::max(k, ood_k), {}, opt.threads);
-    nlohmann::json out = nlohmann::json::array();
+    json out = json::array();
     for (int64_t i = 0; i < n; ++i) {
       QueryDecision qd = decide_query(mem, res[i], vote, k, ood_k);
-      nlohmann::json j = decision_json(ids.empty() ? "q" + std::to_string(i) : ids[i], vote_name, qd);
+      json j = decision_json(ids.empty() ? "q" + std::to_string(i) : ids[i], vote_name, qd);
       if (ood_threshold >= 0) j["out_of_distribution"] = qd.ood > ood_threshold;
       out.push_back(std::move(j));
     }
     return {{"results", out}};
   }
 
-  nlohmann::json search(const httplib::Request& req) {
-    nlohmann::json body = parse_body(req);
-    const int k = param_int(req, body, "k", 10);
-    int64_t n = 0;
-    std::vector<float> x = embeddings_of(body, mem.dim(), n);
+  json explain(const httplib::Request& req) {
+    const bool image = is_image(req);
+    json body = image ? json::object() : parse_body(req.body, opt.limits);
+    ExplainOptions xo;
+    xo.k = int_param(req, body, "k", opt.default_k, 1, opt.limits.max_k, "--max-k");
+    xo.show = int_param(req, body, "show", 10, 1, 100, "");
+    xo.vote = vote_param(req, body, xo.vote_name);
+    xo.threads = opt.threads;
+    xo.image_roots = opt.image_roots;
+    std::vector<float> x;
+    std::string id;
+    if (image) {
+      x = embed_image(req.body);
+      id = str_param(req, body, "id", "image");
+    } else {
+      if (body.contains("embeddings")) throw HttpError(400, "explain takes one query: \"embedding\": [...]");
+      int64_t n = 0;
+      x = embeddings_of(body, mem.dim(), 1, n);
+      l2_normalize_rows(x.data(), 1, mem.dim(), "\"embedding\"");  // the residual needs a unit query
+      id = str_param(req, body, "id", "q0");
+    }
     std::shared_lock<std::shared_mutex> g(lock);
-    nlohmann::json out = nlohmann::json::array();
+    if (mem.size() == 0) throw HttpError(409, "the memory is empty: add items first");
+    Explanation e = explain_query(mem, x.data(), xo);
+    e.query_id = id;
+    return explanation_json(e);
+  }
+
+  json search(const httplib::Request& req) {
+    json body = parse_body(req.body, opt.limits);
+    const int k = int_param(req, body, "k", 10, 1, opt.limits.max_k, "--max-k");
+    int64_t n = 0;
+    std::vector<float> x = embeddings_of(body, mem.dim(), opt.limits.max_queries, n);
+    std::shared_lock<std::shared_mutex> g(lock);
+    json out = json::array();
     for (auto& nn : mem.search(x.data(), n, k, {}, opt.threads)) {
-      nlohmann::json l = nlohmann::json::array();
+      json l = json::array();
       for (auto& nb : nn) l.push_back({{"id", nb.id}, {"label", nb.label}, {"distance", nb.distance}});
       out.push_back(std::move(l));
     }
     return {{"results", out}};
   }
 
-  nlohmann::json add(const httplib::Request& req) {
+  json add(const httplib::Request& req) {
     if (opt.read_only) throw HttpError(403, "this service is read-only");
-    nlohmann::json body = parse_body(req);
+    json body = parse_body(req.body, opt.limits);
     int64_t n = 0;
-    std::vector<float> x = embeddings_of(body, mem.dim(), n);
+    std::vector<float> x = embeddings_of(body, mem.dim(), 0, n);
     auto ids = strings_of(body, "ids", static_cast<size_t>(n));
     auto labels = strings_of(body, "labels", static_cast<size_t>(n));
     if (ids.empty() || labels.empty()) throw HttpError(400, "add needs \"ids\" and \"labels\", one per embedding");
-    const std::string mode = param_str(req, body, "mode", "strict");
+    const std::string mode = str_param(req, body, "mode", "strict");
     AddMode m = AddMode::strict;
     if (mode == "upsert") m = AddMode::upsert;
     else if (mode == "skip") m = AddMode::skip_existing;
@@ -232,9 +1114,9 @@ struct Server::Impl {
     return {{"added", r.added}, {"replaced", r.replaced}, {"skipped", r.skipped}, {"items", mem.size()}};
   }
 
-  nlohmann::json remove(const httplib::Request& req) {
+  json remove(const httplib::Request& req) {
     if (opt.read_only) throw HttpError(403, "this service is read-only");
-    nlohmann::json body = parse_body(req);
+    json body = parse_body(req.body, opt.limits);
     auto ids = strings_of(body, "ids", 0);
     if (ids.empty()) throw HttpError(400, "remove needs \"ids\": [...]");
     std::unique_lock<std::shared_mutex> g(lock);
@@ -242,10 +1124,17 @@ struct Server::Impl {
     return {{"removed", removed}, {"items", mem.size()}};
   }
 
-  // Every handler's errors become JSON: the service never dies of a request.
+  json info(const httplib::Request&) {
+    std::shared_lock<std::shared_mutex> g(lock);
+    return memory_info_json(mem.info());
+  }
+
+  // Every handler's errors become JSON: the service never dies of a request,
+  // and no body is ever empty (a serialization error is an error too).
   template <class F>
   httplib::Server::Handler guarded(F f) {
     return [this, f](const httplib::Request& req, httplib::Response& res) {
+      request_read();
       try {
         reply(res, 200, (this->*f)(req));
       } catch (const HttpError& e) {
@@ -257,43 +1146,132 @@ struct Server::Impl {
       }
     };
   }
+
+  void routes() {
+    auto& h = *http;
+    h.set_payload_max_length(opt.limits.max_body);
+    h.set_read_timeout(opt.limits.read_timeout_s, 0);
+    h.set_write_timeout(opt.limits.write_timeout_s, 0);
+    h.set_keep_alive_timeout(opt.limits.idle_timeout_s);
+    const auto pre = [this](const httplib::Request& req, httplib::Response& res) {
+      try {
+        precheck(req);
+        return false;
+      } catch (const HttpError& e) {
+        if (e.status == 401) res.set_header("WWW-Authenticate", "Bearer");
+        reply(res, e.status, {{"error", e.what()}});
+        return true;
+      }
+    };
+    h.set_pre_routing_handler([pre](const httplib::Request& req, httplib::Response& res) {
+      return pre(req, res) ? httplib::Server::HandlerResponse::Handled : httplib::Server::HandlerResponse::Unhandled;
+    });
+    // "Expect: 100-continue" (curl, large bodies): refuse before the body is sent.
+    h.set_expect_100_continue_handler([pre](const httplib::Request& req, httplib::Response& res) {
+      return pre(req, res) ? res.status : 100;
+    });
+    h.Get("/", [](const httplib::Request&, httplib::Response& res) {
+      const std::string_view page = web_asset("index.html");
+      res.set_content(page.data(), page.size(), "text/html; charset=utf-8");
+      res.set_header("Content-Security-Policy",
+                     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'");
+      res.set_header("X-Frame-Options", "DENY");
+      request_read();
+    });
+    h.Get("/app.js", [](const httplib::Request&, httplib::Response& res) {
+      const std::string_view js = web_asset("app.js");
+      res.set_content(js.data(), js.size(), "text/javascript; charset=utf-8");
+      request_read();
+    });
+    h.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+      request_read();
+      reply(res, 200, {{"status", "ok"}});
+    });
+    h.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      request_read();
+      int64_t items = 0, generation = 0;
+      {
+        std::shared_lock<std::shared_mutex> g(lock);
+        MemoryInfo i = mem.info();
+        items = i.items;
+        generation = i.generation;
+      }
+      res.set_content(metrics.text(items, generation), "text/plain; version=0.0.4");
+    });
+    h.Get("/v1/info", guarded(&Impl::info));
+    h.Post("/v1/classify", guarded(&Impl::classify));
+    h.Post("/v1/explain", guarded(&Impl::explain));
+    h.Post("/v1/search", guarded(&Impl::search));
+    h.Post("/v1/add", guarded(&Impl::add));
+    h.Post("/v1/remove", guarded(&Impl::remove));
+    // Called for every answer >= 400, ours included (keep their bodies): the
+    // ones httplib makes itself (404, 413 chunked, 400 bad request line) get JSON.
+    h.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
+      if (tl_request.too_large) {
+        res.status = 413;
+        res.body.clear();
+        reply(res, 413, {{"error", "request body over " + std::to_string(opt.limits.max_body) + " bytes (--max-body)"}});
+      }
+      if (res.body.empty()) {
+        std::string msg = "request refused";
+        if (res.status == 404) msg = "no such endpoint: " + req.method + " " + req.path;
+        else if (res.status == 413) msg = "request too large (--max-body; headers at most 8 KiB a line)";
+        else if (res.status == 400) msg = "malformed HTTP request";
+        else if (res.status == 414) msg = "request URI too long";
+        reply(res, res.status, {{"error", msg}});
+      }
+      // Refused before its body was read: the rest of the body is not a next
+      // request. The connection closes (httplib then says Connection: close).
+      if (!tl_request.body_done) {
+        const_cast<httplib::Request&>(req).set_header("Connection", "close");
+        tl_request.close = true;
+      }
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    h.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+      tl_request.status = res.status;
+      tl_request.path = req.path;
+    });
+  }
 };
 
 Server::Server(Memory mem, ServerOptions opt) : impl_(std::make_unique<Impl>(std::move(mem), std::move(opt))) {
-  auto& h = impl_->http;
-  Impl* p = impl_.get();
-  h.set_payload_max_length(p->opt.max_body);
-  h.Get("/v1/info", [p](const httplib::Request&, httplib::Response& res) {
-    std::shared_lock<std::shared_mutex> g(p->lock);
-    reply(res, 200, memory_info_json(p->mem.info()));
-  });
-  h.Post("/v1/classify", p->guarded(&Impl::classify));
-  h.Post("/v1/search", p->guarded(&Impl::search));
-  h.Post("/v1/add", p->guarded(&Impl::add));
-  h.Post("/v1/remove", p->guarded(&Impl::remove));
-  h.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (res.status == 404) reply(res, 404, {{"error", "no such endpoint: " + req.method + " " + req.path}});
-    else if (res.status == 413) reply(res, 413, {{"error", "request body too large"}});
-  });
+  impl_->routes();
 }
 
 Server::~Server() = default;
 
 int Server::bind(const std::string& host, int port) {
-  auto& h = impl_->http;
+  Impl& p = *impl_;
+  const bool loopback = is_loopback_host(host);
+  if (!loopback && !p.opt.read_only && p.opt.tokens.empty())
+    throw Error("listening on " + host + " lets anyone who reaches it write: give --tokens FILE (see `vismem token`), "
+                "--generate-token, or --read-only");
+  p.allowed_hosts.clear();
+  for (const std::string& h : p.opt.allowed_hosts) p.allowed_hosts.push_back(bare_host(h));
+  const bool wildcard = host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]";
+  if (p.allowed_hosts.empty()) {
+    if (wildcard)
+      throw Error("listening on " + (host.empty() ? std::string("every address") : host) +
+                  ": name the Host values clients use with --allow-host NAME (or --allow-host '*' for any)");
+    p.allowed_hosts = {"localhost", "127.0.0.1", "::1", bare_host(host)};
+  }
+  auto& h = *p.http;
   if (port == 0) {
-    int p = h.bind_to_any_port(host);
-    if (p < 0) throw Error("cannot bind " + host);
-    return p;
+    int got = h.bind_to_any_port(host);
+    if (got < 0) throw Error("cannot bind " + host);
+    h.widen_backlog();
+    return got;
   }
   if (!h.bind_to_port(host, port)) throw Error("cannot bind " + host + ":" + std::to_string(port) + " (in use?)");
+  h.widen_backlog();
   return port;
 }
 
 void Server::run() {
-  if (!impl_->http.listen_after_bind()) throw Error("the HTTP server stopped with an error");
+  if (!impl_->http->listen_after_bind()) throw Error("the HTTP server stopped with an error");
 }
 
-void Server::stop() { impl_->http.stop(); }
+void Server::stop() { impl_->http->stop(); }
 
 }  // namespace vismem
