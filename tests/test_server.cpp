@@ -63,6 +63,8 @@ json rows(const std::vector<float>& x, int64_t n, int d) {
   return a;
 }
 
+int status_of_result(const httplib::Result& r) { return r ? r->status : -1; }
+
 json post(httplib::Client& c, const std::string& path, const json& body, int expect) {
   auto r = c.Post(path.c_str(), body.dump(), "application/json");
   EXPECT_TRUE(r) << path;
@@ -274,6 +276,48 @@ TEST(ServerCli, ServesUntilSigterm) {
   while (read(out[0], &ch, 1) == 1) rest += ch;
   close(out[0]);
   EXPECT_NE(rest.find("stopped"), std::string::npos) << rest;
+}
+
+TEST(ServerCli, RefusesOpenWritesOffLoopbackAndPrintsAGeneratedToken) {
+  Fixture f;
+  const std::string mem = f.t / "m.db";
+  // Nothing is bound: the refusal comes before.
+  auto r = test::run_cli("serve " + mem + " --host 0.0.0.0 --port 0");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--tokens"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "one line: " << r.err;
+
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], 1);
+    close(out[0]);
+    execl(VISMEM_CLI_PATH, VISMEM_CLI_PATH, "serve", mem.c_str(), "--port", "0", "--generate-token", nullptr);
+    _exit(127);
+  }
+  close(out[1]);
+  auto line = [&] {
+    std::string l;
+    char ch = 0;
+    while (read(out[0], &ch, 1) == 1 && ch != '\n') l += ch;
+    return l;
+  };
+  const std::string tline = line(), sline = line();  // "write token (shown once): vm_...", "serving ... :PORT (tokens required)"
+  const std::string token = tline.substr(tline.rfind(' ') + 1);
+  EXPECT_EQ(token.rfind("vm_", 0), 0u) << tline;
+  const int port = std::stoi(sline.substr(sline.rfind(':') + 1));
+  httplib::Client c("127.0.0.1", port);
+  EXPECT_EQ(status_of_result(c.Get("/v1/info")), 401);
+  httplib::Headers h = {{"Authorization", "Bearer " + token}};
+  auto info = c.Get("/v1/info", h);
+  ASSERT_TRUE(info);
+  EXPECT_EQ(json::parse(info->body)["items"], f.n);
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  close(out[0]);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
 // ------------------------------------------------------------------ access
@@ -604,6 +648,38 @@ TEST(ServerLimits, SlowAndIdleClientsDoNotStarveOthers) {
   ASSERT_TRUE(m);
   EXPECT_NE(m->body.find("vismem_connections_total{outcome=\"evicted\"}"), std::string::npos);
   EXPECT_EQ(m->body.find("vismem_connections_total{outcome=\"timed_out\"} 0\n"), std::string::npos) << m->body;
+}
+
+TEST(ServerLimits, ConnectionLimitAnswers503WhenNoneIsIdle) {
+  Fixture f;
+  ServerOptions o;
+  o.limits.max_connections = 2;
+  o.limits.read_timeout_s = 1;
+  Running s(Memory::open(f.t / "m.db"), o);
+  // Two clients hold both slots, mid-request (not idle: they cannot be closed for a newcomer).
+  std::vector<int> busy;
+  for (int i = 0; i < 2; ++i) {
+    int fd = connect_local(s.port);
+    ASSERT_GE(fd, 0);
+    send(fd, "GET /v1/info HTTP/1.1\r\n", 24, MSG_NOSIGNAL);
+    busy.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the server has read their first bytes
+  httplib::Client c("127.0.0.1", s.port);
+  auto r = c.Get("/healthz");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_NE(json::parse(r->body)["error"].get<std::string>().find("--max-connections"), std::string::npos) << r->body;
+  // Once the read timeout has cut them, the service answers again.
+  for (int fd : busy) EXPECT_TRUE(closed_within(fd, 3000));
+  for (int fd : busy) close(fd);
+  r = c.Get("/healthz");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_NE(m->body.find("vismem_connections_total{outcome=\"rejected\"} 1\n"), std::string::npos) << m->body;
+  EXPECT_NE(m->body.find("vismem_connections_total{outcome=\"timed_out\"} 2\n"), std::string::npos) << m->body;
 }
 
 // ------------------------------------------------------------------ TLS, metrics, explain

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <httplib.h>
 #include <netdb.h>
+#include <netinet/tcp.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
@@ -140,6 +141,7 @@ void reply(httplib::Response& res, int status, const json& j) {
 int64_t now_ns() { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count(); }
 constexpr int64_t kNever = INT64_MAX;
 constexpr int64_t kSecond = 1'000'000'000;
+constexpr int kKeepAliveMax = 100;  // requests on one connection
 
 // ---------------------------------------------------------------- bounded JSON
 
@@ -448,8 +450,8 @@ class Registry {
     for (Conn* c : live_)
       if (c->idle && !c->killed && (!oldest || c->since < oldest->since)) oldest = c;
     if (!oldest) return false;
-    kill(oldest);
     ++metrics_.evicted;
+    kill(oldest);
     return true;
   }
   // Shutting down: idle connections close now, one still arriving or being
@@ -479,8 +481,8 @@ class Registry {
       const int64_t now = now_ns();
       for (Conn* c : live_)
         if (!c->killed && c->deadline.load() < now) {
+          ++metrics_.timed_out;  // counted before the client can see the close
           kill(c);
-          ++metrics_.timed_out;
         }
     }
   }
@@ -509,7 +511,7 @@ thread_local bool tl_reject = false;  // set by the pool: answer 503 and close
 // by the connection's deadline (through the watchdog), TLS when ssl is set.
 class ConnStream : public httplib::Stream {
  public:
-  ConnStream(Conn& c, const ServerLimits& l) : c_(c), lim_(l) {}
+  ConnStream(Conn& c, const ServerLimits& l, std::atomic<int64_t>& timed_out) : c_(c), lim_(l), timed_out_(timed_out) {}
   SSL* ssl = nullptr;
 
   void next_request() {
@@ -614,12 +616,23 @@ class ConnStream : public httplib::Stream {
 
   ssize_t raw_read(char* p, size_t n) {
     for (;;) {
+      ssize_t r;
       if (ssl) {
-        const int r = SSL_read(ssl, p, static_cast<int>(n));
-        return r > 0 ? r : -1;
+        const int s = SSL_read(ssl, p, static_cast<int>(n));
+        r = s > 0 ? s : -1;
+      } else {
+        r = ::recv(c_.fd, p, n, 0);
+        if (r < 0 && errno == EINTR) continue;
+        // httplib also sets SO_RCVTIMEO (the read timeout) on the socket: a
+        // read that outlives it is a timeout like the watchdog's.
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !c_.killed.exchange(true)) ++timed_out_;
       }
-      const ssize_t r = ::recv(c_.fd, p, n, 0);
-      if (r < 0 && errno == EINTR) continue;
+      // Acknowledge at once: a client that writes a request's head and body
+      // separately (Nagle on, as httplib and Python do) otherwise waits for
+      // our delayed ACK, 40 ms on every keep-alive request. Linux clears the
+      // flag again by itself, hence after every read.
+      const int one = 1;
+      setsockopt(c_.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
       return r;
     }
   }
@@ -641,6 +654,7 @@ class ConnStream : public httplib::Stream {
 
   Conn& c_;
   const ServerLimits& lim_;
+  std::atomic<int64_t>& timed_out_;
   char buf_[16384];
   size_t pos_ = 0, end_ = 0;
   Phase phase_ = Phase::idle;
@@ -742,6 +756,10 @@ class Listener : public httplib::Server {
       ::close(sock);
       return true;
     }
+    // A response is two writes (head, body): without NODELAY the second one
+    // waits for the client's delayed ACK of the first (40 ms a request).
+    const int one = 1;
+    setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     Conn c;
     c.fd = sock;
     c.since = now_ns();
@@ -749,7 +767,7 @@ class Listener : public httplib::Server {
     c.deadline = c.since + int64_t(tls_ ? lim_.read_timeout_s : lim_.idle_timeout_s) * kSecond;
     reg_.add(&c);
     {
-      ConnStream strm(c, lim_);
+      ConnStream strm(c, lim_, metrics_.timed_out);
       SSL* ssl = nullptr;
       bool ok = true;
       if (tls_) {
@@ -758,7 +776,7 @@ class Listener : public httplib::Server {
         strm.ssl = ssl;
         ERR_clear_error();
       }
-      for (int left = 100; ok && left > 0 && !c.killed; --left) {
+      for (int left = kKeepAliveMax; ok && left > 0 && !c.killed; --left) {
         strm.next_request();
         tl_request = RequestState{};
         tl_request.conn = &c;
@@ -767,11 +785,11 @@ class Listener : public httplib::Server {
         const bool answered = process_request(strm, left == 1 || reg_.stopping(), closed, nullptr);
         if (answered && tl_request.status)
           metrics_.record(tl_request.path, tl_request.status, double(now_ns() - tl_request.started) / kSecond);
-        if (!answered || closed || left == 1 || reg_.stopping()) break;
-        if (tl_request.close) {
+        if (answered && tl_request.close) {  // refused with its body unread: no next request on this connection
           strm.linger();
           break;
         }
+        if (!answered || closed || left == 1 || reg_.stopping()) break;
       }
       tl_current_stream = nullptr;
       if (ssl) {
@@ -1153,6 +1171,7 @@ struct Server::Impl {
     h.set_read_timeout(opt.limits.read_timeout_s, 0);
     h.set_write_timeout(opt.limits.write_timeout_s, 0);
     h.set_keep_alive_timeout(opt.limits.idle_timeout_s);
+    h.set_keep_alive_max_count(kKeepAliveMax);
     const auto pre = [this](const httplib::Request& req, httplib::Response& res) {
       try {
         precheck(req);
@@ -1228,6 +1247,17 @@ struct Server::Impl {
       }
       return httplib::Server::HandlerResponse::Handled;
     }));
+    // A handler outside guarded() that throws (a bug): still a JSON answer.
+    h.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+      std::string what = "unknown exception";
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {
+      }
+      reply(res, 500, {{"error", "internal error: " + what}});
+    });
     h.set_logger([](const httplib::Request& req, const httplib::Response& res) {
       tl_request.status = res.status;
       tl_request.path = req.path;
