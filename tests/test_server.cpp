@@ -803,4 +803,13 @@ TEST(ServerExplain, EqualsExplainJsonCli) {
   r = c.Post("/v1/explain", json{{"embedding", e}, {"k", 2}}.dump(), "application/json");
   ASSERT_EQ(status_of(r), 200);
   EXPECT_EQ(json::parse(r->body)["neighbors"][0]["id"], got["neighbors"][0]["id"]);
+  // An id that climbs out of the image folder gets no thumbnail (the file exists and is an image).
+  std::filesystem::copy_file(query, t / "outside.jpg");
+  std::vector<float> z = random_unit(1, static_cast<int>(e.size()), 75);
+  post(c, "/v1/add", {{"ids", {"../outside.jpg"}}, {"labels", {"x"}}, {"embedding", z}}, 200);
+  r = c.Post("/v1/explain", json{{"embedding", z}, {"k", 1}}.dump(), "application/json");
+  ASSERT_EQ(status_of(r), 200);
+  const json out = json::parse(r->body)["neighbors"][0];
+  EXPECT_EQ(out["id"], "../outside.jpg");
+  EXPECT_TRUE(out["thumbnail"].is_null());
 }

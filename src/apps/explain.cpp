@@ -263,13 +263,14 @@ std::string find_neighbor_image(const Memory& mem, const std::vector<std::string
   std::vector<std::string> all = roots;
   for (auto& r : mem.image_roots()) all.push_back(r);
   for (const std::string& r : all) {
-    std::error_code ec;
-    const std::filesystem::path root = std::filesystem::weakly_canonical(r, ec);
-    if (ec) continue;
-    const std::filesystem::path p = std::filesystem::weakly_canonical(root / id, ec);
-    if (ec) continue;
+    // Lexical, not canonical: a dataset folder of symlinks stays usable; an
+    // id whose ".." climbs out of the root does not.
+    std::filesystem::path root = std::filesystem::path(r).lexically_normal();
+    if (!root.has_filename()) root = root.parent_path();  // "dir/" as "dir"
+    const std::filesystem::path p = (root / id).lexically_normal();
     const auto rel = p.lexically_relative(root);
-    if (rel.empty() || *rel.begin() == "..") continue;
+    if (rel.empty() || *rel.begin() == ".." || std::filesystem::path(id).is_absolute()) continue;
+    std::error_code ec;
     if (std::filesystem::is_regular_file(p, ec)) return p.string();
   }
   return "";
