@@ -682,6 +682,77 @@ TEST(ServerLimits, ConnectionLimitAnswers503WhenNoneIsIdle) {
   EXPECT_NE(m->body.find("vismem_connections_total{outcome=\"timed_out\"} 2\n"), std::string::npos) << m->body;
 }
 
+namespace {
+// Peak resident memory of this process so far (VmHWM), in MB.
+double peak_rss_mb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+}  // namespace
+
+TEST(ServerLimits, HostileBodiesCostLittleMemory) {
+  Fixture f;
+  Running s(Memory::open(f.t / "m.db"), {});  // default limits: 16 MiB body, depth 16, 1M values
+  auto c = s.client();
+  const std::string deep(16u << 20, '[');
+  std::string many = "{\"embedding\": [";
+  while (many.size() < (16u << 20) - 16) many += "1,";
+  many += "1]}";
+  const double before = peak_rss_mb();
+  auto r = c.Post("/v1/search", deep, "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400) << r->body;
+  r = c.Post("/v1/search", many, "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 413) << r->body;
+  // The old parser took ~75 bytes per '[' (1.2 GB here); now the body, a copy
+  // or two and 1M parsed values at most.
+  EXPECT_LT(peak_rss_mb() - before, 150.0);
+  EXPECT_EQ(status_of_result(c.Get("/v1/info")), 200);
+}
+
+TEST(ServerLimits, AClientThatDoesNotReadIsCutAtTheWriteTimeout) {
+  TempDir t;
+  const int d = 8, n = 80;
+  {
+    // Long ids make a large answer cheaply: 512 queries x 80 neighbors x ~560 bytes.
+    std::vector<std::string> ids, labels;
+    for (int i = 0; i < n; ++i) {
+      ids.push_back(std::string(500, 'x') + std::to_string(i));
+      labels.push_back("c");
+    }
+    std::vector<float> x = random_unit(n, d, 77);
+    Memory::create(t / "m.db", {.dim = d, .model_id = "test"}).add(ids, labels, x.data());
+  }
+  ServerOptions o;
+  o.limits.write_timeout_s = 1;
+  o.limits.max_queries = 512;
+  Running s(Memory::open(t / "m.db"), o);
+  // A ~23 MB answer: far more than the socket buffers hold.
+  std::vector<float> q = random_unit(512, d, 76);
+  const std::string body = json{{"embeddings", rows(q, 512, d)}, {"k", 100}}.dump();
+  int fd = connect_local(s.port);
+  ASSERT_GE(fd, 0);
+  const std::string head = "POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  ASSERT_EQ(send(fd, head.data(), head.size(), MSG_NOSIGNAL), ssize_t(head.size()));
+  ASSERT_EQ(send(fd, body.data(), body.size(), MSG_NOSIGNAL), ssize_t(body.size()));
+  // Never read: within the write timeout (+ the watchdog's tick) the server gives up on it.
+  auto c = s.client();
+  std::string m;
+  for (int i = 0; i < 100 && m.find("outcome=\"timed_out\"} 1\n") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto r = c.Get("/metrics");
+    m = r ? r->body : "";
+  }
+  EXPECT_NE(m.find("vismem_connections_total{outcome=\"timed_out\"} 1\n"), std::string::npos) << m;
+  EXPECT_EQ(status_of_result(c.Get("/v1/info")), 200);
+  close(fd);
+}
+
 // ------------------------------------------------------------------ TLS, metrics, explain
 
 TEST(ServerTls, SelfSignedCertificate) {

@@ -587,6 +587,7 @@ class ConnStream : public httplib::Stream {
       } else {
         w = ::send(c_.fd, ptr + done, size - done, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !c_.killed.exchange(true)) ++timed_out_;  // SO_SNDTIMEO
       }
       if (w <= 0) return -1;
       done += static_cast<size_t>(w);
