@@ -15,6 +15,7 @@ pkgs=(
   libbenchmark-dev          # micro benchmarks
   libfaiss-dev libomp-dev   # ANN baseline in bench/
   libopencv-dnn-dev         # encoder baseline in bench/
+  wrk                       # HTTP load figures (bench/wrk_server.sh)
   chromium                  # renders the explain page and the web page in their tests (headless)
   nodejs                    # runs puppeteer-core, which drives chromium in the web page test
 )
