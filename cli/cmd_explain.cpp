@@ -18,60 +18,7 @@
 namespace vismem::cli {
 
 namespace {
-
 constexpr int kThumbSide = 128;
-// The query and its nearest neighbor are both unit vectors normalized by
-// slightly different code paths: the same image differs by ~1e-6, a different
-// one by far more than 1e-4.
-constexpr double kZeroResidual = 1e-4;
-
-// --image-root folders first (the user's override), then the roots the memory recorded.
-std::string locate_image(const Memory& mem, const std::vector<std::string>& roots, const std::string& id) {
-  for (const std::string& r : roots) {
-    std::filesystem::path p = std::filesystem::path(r) / id;
-    std::error_code ec;
-    if (std::filesystem::is_regular_file(p, ec)) return p.string();
-  }
-  return mem.find_image(id).value_or("");
-}
-
-// A neighbor whose file is gone or unreadable is still explained, with a placeholder.
-std::vector<uint8_t> thumbnail_or_empty(const std::string& path) {
-  if (path.empty()) return {};
-  try {
-    return thumbnail_jpeg(decode_image_file(path), kThumbSide);
-  } catch (const Error& e) {
-    std::cerr << "warning: " << e.what() << " (shown as a placeholder)\n";
-    return {};
-  }
-}
-
-std::vector<ExplainNeighbor> shown_neighbors(const std::vector<Neighbor>& nn, const NeighborVotes& nv, const Decision& d,
-                                             const std::vector<std::string>& paths, int show) {
-  std::vector<ExplainNeighbor> out;
-  for (size_t r = 0; r < nn.size() && r < static_cast<size_t>(show); ++r) {
-    ExplainNeighbor n;
-    n.rank = static_cast<int>(r) + 1;
-    n.id = nn[r].id;
-    n.label = nn[r].label;
-    n.distance = nn[r].distance;
-    n.weight = r < d.neighbor_weights.size() ? d.neighbor_weights[r] : 0.0;
-    // With every neighbor excluded the vote falls back to all of them (SPEC
-    // section 3): then none is shown as excluded.
-    n.excluded = !nv.excluded.empty() && nv.excluded[r] && n.weight == 0;
-    n.thumbnail = thumbnail_or_empty(paths[r]);
-    out.push_back(std::move(n));
-  }
-  return out;
-}
-
-std::vector<std::string> neighbor_paths(const Memory& mem, const std::vector<std::string>& roots,
-                                        const std::vector<Neighbor>& nn) {
-  std::vector<std::string> paths;
-  for (const Neighbor& n : nn) paths.push_back(locate_image(mem, roots, n.id));
-  return paths;
-}
-
 }  // namespace
 
 void add_explain_commands(CLI::App& app) {
@@ -80,6 +27,7 @@ void add_explain_commands(CLI::App& app) {
     std::string mem, image, model, vote = "rank", html, rerank_cmd, label_names;
     std::vector<std::string> image_roots;
     int k = 20, show = 10, threads = 0, rerank_timeout = 60;
+    bool json = false;
   };
   auto a = std::make_shared<A>();
   c->add_option("memory", a->mem, "Memory file (bound to a model)")->required();
@@ -93,6 +41,7 @@ void add_explain_commands(CLI::App& app) {
                 "Folder where neighbor ids are looked up as files (repeatable; before the folders `vismem add` recorded)");
   c->add_option("--label-names", a->label_names, "LABEL<TAB>NAME file (e.g. a dataset's classes.tsv): names shown beside labels");
   c->add_option("--html", a->html, "Write a self-contained HTML page here (images inlined)");
+  c->add_flag("--json", a->json, "Print the explanation as one JSON object (thumbnails as data: URIs; as POST /v1/explain)");
   c->add_option("--rerank-cmd", a->rerank_cmd,
                 "Re-ranker: a shell command that reads the query + neighbors as JSON on stdin and prints a label");
   c->add_option("--rerank-timeout", a->rerank_timeout, "Seconds the re-ranker may take")->check(CLI::PositiveNumber);
@@ -108,55 +57,35 @@ void add_explain_commands(CLI::App& app) {
     if (er.ok.empty()) throw Error(er.failed.empty() ? a->image + ": could not be embedded" : er.failed[0].second);
     const std::vector<float>& q = er.embeddings;
 
-    const Vote vote = parse_vote(a->vote);
-    std::vector<Neighbor> nn = mem.search(q.data(), 1, a->k, {}, a->threads).at(0);
-    const int k = static_cast<int>(nn.size());
-    NeighborVotes nv = neighbor_votes(mem, nn, true);
-    Decision d = decide(vote, nv, k);
-    const std::vector<std::string> paths = neighbor_paths(mem, a->image_roots, nn);
-
-    Explanation e;
-    MemoryInfo info = mem.info();
+    ExplainOptions xo;
+    xo.vote = parse_vote(a->vote);
+    xo.vote_name = a->vote;
+    xo.k = a->k;
+    xo.show = a->show;
+    xo.threads = a->threads;
+    xo.thumb_side = kThumbSide;
+    xo.image_roots = a->image_roots;
+    std::vector<std::string> warnings;
+    Explanation e = explain_query(mem, q.data(), xo, &warnings);
+    for (const std::string& w : warnings) std::cerr << "warning: " << w << "\n";
     e.query_id = a->image;
     if (!a->label_names.empty()) e.label_names = read_label_names(a->label_names);
     e.query_thumbnail = thumbnail_jpeg(query, 2 * kThumbSide);
-    e.memory = a->mem;
-    e.model_id = info.model_id;
-    e.memory_items = info.items;
-    e.vote = a->vote;
-    e.k = k;
-    e.ood_score = ood_score(nv.distances, k);
-    e.neighbors = shown_neighbors(nn, nv, d, paths, a->show);
-
-    // Compositionality (SPEC section 5): what is left of the query after
-    // taking away its nearest neighbor.
-    ExplainResidual res;
-    res.subtracted_id = nn[0].id;
-    std::vector<float> nearest = mem.embedding(nn[0].id);
-    std::vector<float> rq(q.size());
-    double ss = 0;
-    for (size_t i = 0; i < q.size(); ++i) {
-      rq[i] = q[i] - nearest[i];
-      ss += double(rq[i]) * rq[i];
-    }
-    res.norm = std::sqrt(ss);
-    res.zero = res.norm < kZeroResidual;
-    if (!res.zero) {
-      for (float& v : rq) v = static_cast<float>(v / res.norm);
-      std::vector<Neighbor> rnn = mem.search(rq.data(), 1, a->k, {}, a->threads).at(0);
-      NeighborVotes rnv = neighbor_votes(mem, rnn, true);
-      res.decision = decide(vote, rnv, static_cast<int>(rnn.size()));
-      res.neighbors = shown_neighbors(rnn, rnv, res.decision, neighbor_paths(mem, a->image_roots, rnn), a->show);
-    }
-    e.residual = std::move(res);
-    e.decision = std::move(d);
 
     if (!a->rerank_cmd.empty()) {
-      nlohmann::json req = rerank_request(a->image, a->image, a->vote, k, e.decision.prediction, nn, paths, e.decision);
+      // The re-ranker sees the k neighbors that voted, with their image paths.
+      std::vector<Neighbor> nn = mem.search(q.data(), 1, a->k, {}, a->threads).at(0);
+      std::vector<std::string> paths;
+      for (const Neighbor& n : nn) paths.push_back(find_neighbor_image(mem, a->image_roots, n.id));
+      nlohmann::json req = rerank_request(a->image, a->image, a->vote, e.k, e.decision.prediction, nn, paths, e.decision);
       e.rerank = run_rerank(a->rerank_cmd, req, a->rerank_timeout);
       e.rerank_command = a->rerank_cmd;
     }
 
+    if (a->json) {
+      std::cout << explanation_json(e).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      return;
+    }
     if (a->html.empty()) {
       std::cout << explain_text(e);
       return;

@@ -15,20 +15,31 @@ pkgs=(
   libbenchmark-dev          # micro benchmarks
   libfaiss-dev libomp-dev   # ANN baseline in bench/
   libopencv-dnn-dev         # encoder baseline in bench/
-  chromium                  # renders the explain page in its test (headless screenshot)
   python3-dev pybind11-dev python3-numpy   # the Python module (python/, `import vismem`)
   python3-pytest            # its tests
   python3-matplotlib        # examples/accuracy_vs_k.py
   python3-pip python3-setuptools python3-wheel python3-venv   # pip install --no-build-isolation . (offline)
+  wrk                       # HTTP load figures (bench/wrk_server.sh)
+  chromium                  # renders the explain page and the web page in their tests (headless)
+  nodejs                    # runs puppeteer-core, which drives chromium in the web page test
 )
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm: Debian's package, unless a nodejs build that bundles it is installed.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# puppeteer-core (pinned in tests/web/package.json) for the web page test. Not
+# fatal here: without the npm registry that one test fails and says why.
+web="$(dirname "$0")/../tests/web"
+if [ ! -f "$web/node_modules/puppeteer-core/package.json" ]; then
+  (cd "$web" && timeout 300 npm install --no-audit --no-fund >/dev/null 2>&1) \
+    || echo "setup: warning: npm could not install puppeteer-core into tests/web (the web page test will fail)"
 fi
 echo "setup: dependencies present"

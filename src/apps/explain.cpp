@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include "error.h"
 #include "preprocess.h"
@@ -192,6 +193,163 @@ Image thumbnail(const Image& img, int max_side) {
 
 std::vector<uint8_t> thumbnail_jpeg(const Image& img, int max_side, int quality) {
   return encode_jpeg(thumbnail(img, max_side), quality);
+}
+
+namespace {
+
+// A neighbor whose file is gone or unreadable is still explained, with a placeholder.
+std::vector<uint8_t> thumbnail_or_empty(const std::string& path, int side, std::vector<std::string>* warnings) {
+  if (path.empty()) return {};
+  try {
+    return thumbnail_jpeg(decode_image_file(path), side);
+  } catch (const Error& e) {
+    if (warnings) warnings->push_back(std::string(e.what()) + " (shown as a placeholder)");
+    return {};
+  }
+}
+
+std::vector<ExplainNeighbor> shown_neighbors(const Memory& mem, const std::vector<Neighbor>& nn, const NeighborVotes& nv,
+                                             const Decision& d, const ExplainOptions& o,
+                                             std::vector<std::string>* warnings) {
+  std::vector<ExplainNeighbor> out;
+  for (size_t r = 0; r < nn.size() && r < static_cast<size_t>(o.show); ++r) {
+    ExplainNeighbor n;
+    n.rank = static_cast<int>(r) + 1;
+    n.id = nn[r].id;
+    n.label = nn[r].label;
+    n.distance = nn[r].distance;
+    n.weight = r < d.neighbor_weights.size() ? d.neighbor_weights[r] : 0.0;
+    // With every neighbor excluded the vote falls back to all of them (SPEC
+    // section 3): then none is shown as excluded.
+    n.excluded = !nv.excluded.empty() && nv.excluded[r] && n.weight == 0;
+    n.thumbnail = thumbnail_or_empty(find_neighbor_image(mem, o.image_roots, nn[r].id), o.thumb_side, warnings);
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+// The query and its nearest neighbor are both unit vectors normalized by
+// slightly different code paths: the same image differs by ~1e-6, a different
+// one by far more than 1e-4.
+constexpr double kZeroResidual = 1e-4;
+
+nlohmann::json neighbors_json(const std::vector<ExplainNeighbor>& nn) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const ExplainNeighbor& n : nn) {
+    const std::string uri = data_uri(n.thumbnail);
+    a.push_back({{"rank", n.rank},
+                 {"id", n.id},
+                 {"label", n.label},
+                 {"distance", n.distance},
+                 {"weight", n.weight},
+                 {"excluded", n.excluded},
+                 {"thumbnail", uri.empty() ? nlohmann::json(nullptr) : nlohmann::json(uri)}});
+  }
+  return a;
+}
+
+nlohmann::json scores_json(const Decision& d) {
+  nlohmann::json a = nlohmann::json::array();
+  for (auto& [l, s] : d.scores) a.push_back({{"label", l}, {"score", s}});
+  return a;
+}
+
+}  // namespace
+
+// The neighbor's image: --image-root folders first (the user's override), then
+// the roots the memory recorded. Only files under a root: an id with ".."
+// must not reach files outside the image folders.
+std::string find_neighbor_image(const Memory& mem, const std::vector<std::string>& roots, const std::string& id) {
+  std::vector<std::string> all = roots;
+  for (auto& r : mem.image_roots()) all.push_back(r);
+  for (const std::string& r : all) {
+    // Lexical, not canonical: a dataset folder of symlinks stays usable; an
+    // id whose ".." climbs out of the root does not.
+    std::filesystem::path root = std::filesystem::path(r).lexically_normal();
+    if (!root.has_filename()) root = root.parent_path();  // "dir/" as "dir"
+    const std::filesystem::path p = (root / id).lexically_normal();
+    const auto rel = p.lexically_relative(root);
+    if (rel.empty() || *rel.begin() == ".." || std::filesystem::path(id).is_absolute()) continue;
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(p, ec)) return p.string();
+  }
+  return "";
+}
+
+Explanation explain_query(const Memory& mem, const float* q, const ExplainOptions& o, std::vector<std::string>* warnings) {
+  if (mem.size() == 0) throw Error(mem.path() + " is empty: add items first");
+  std::vector<Neighbor> nn = mem.search(q, 1, o.k, {}, o.threads).at(0);
+  const int k = static_cast<int>(nn.size());
+  NeighborVotes nv = neighbor_votes(mem, nn, true);
+  Explanation e;
+  e.decision = decide(o.vote, nv, k);
+  MemoryInfo info = mem.info();
+  e.memory = mem.path();
+  e.model_id = info.model_id;
+  e.memory_items = info.items;
+  e.vote = o.vote_name;
+  e.k = k;
+  e.ood_score = ood_score(nv.distances, k);
+  e.neighbors = shown_neighbors(mem, nn, nv, e.decision, o, warnings);
+
+  // Compositionality (SPEC section 5): what is left of the query after
+  // taking away its nearest neighbor.
+  ExplainResidual res;
+  res.subtracted_id = nn[0].id;
+  const std::vector<float> nearest = mem.embedding(nn[0].id);
+  const size_t d = nearest.size();
+  std::vector<float> rq(d);
+  double ss = 0;
+  for (size_t i = 0; i < d; ++i) {
+    rq[i] = q[i] - nearest[i];
+    ss += double(rq[i]) * rq[i];
+  }
+  res.norm = std::sqrt(ss);
+  res.zero = res.norm < kZeroResidual;
+  if (!res.zero) {
+    for (float& v : rq) v = static_cast<float>(v / res.norm);
+    std::vector<Neighbor> rnn = mem.search(rq.data(), 1, o.k, {}, o.threads).at(0);
+    NeighborVotes rnv = neighbor_votes(mem, rnn, true);
+    res.decision = decide(o.vote, rnv, static_cast<int>(rnn.size()));
+    res.neighbors = shown_neighbors(mem, rnn, rnv, res.decision, o, warnings);
+  }
+  e.residual = std::move(res);
+  return e;
+}
+
+nlohmann::json explanation_json(const Explanation& e) {
+  const Decision& d = e.decision;
+  nlohmann::json j = {{"query", e.query_id},
+                      {"memory", e.memory},
+                      {"model_id", e.model_id},
+                      {"items", e.memory_items},
+                      {"vote", e.vote},
+                      {"k", e.k},
+                      {"prediction", d.prediction},
+                      {"score_share", d.score_share},
+                      {"vote_share", d.vote_share},
+                      {"entropy", d.entropy},
+                      {"ood_score", e.ood_score},
+                      {"scores", scores_json(d)},
+                      {"neighbors", neighbors_json(e.neighbors)}};
+  if (!e.label_names.empty()) {
+    nlohmann::json names = nlohmann::json::object();
+    for (auto& [l, n] : e.label_names) names[l] = n;
+    j["label_names"] = names;
+  }
+  if (e.residual) {
+    const ExplainResidual& r = *e.residual;
+    j["residual"] = {{"subtracted_id", r.subtracted_id}, {"norm", r.norm}, {"zero", r.zero},
+                     {"prediction", r.zero ? nlohmann::json(nullptr) : nlohmann::json(r.decision.prediction)},
+                     {"score_share", r.decision.score_share}, {"neighbors", neighbors_json(r.neighbors)}};
+  }
+  if (e.rerank) {
+    j["rerank"] = {{"label", e.rerank->label},
+                   {"confidence", e.rerank->confidence ? nlohmann::json(*e.rerank->confidence) : nlohmann::json(nullptr)},
+                   {"reason", e.rerank->reason},
+                   {"command", e.rerank_command}};
+  }
+  return j;
 }
 
 std::string explain_html(const Explanation& e) {

@@ -16,6 +16,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -62,6 +63,38 @@ struct Explanation {
   // Optional readable names for labels (e.g. wnid -> "tench"), shown beside them.
   std::unordered_map<std::string, std::string> label_names;
 };
+
+// Gathers one query's explanation from a memory (everything but the query's
+// own id/thumbnail, label names and the re-ranker, which the caller adds):
+// search, vote (pruning applied), the shown neighbors with thumbnails (found
+// under image_roots first, then the folders the memory recorded; a missing or
+// unreadable file leaves the thumbnail empty and a line in warnings), and the
+// compositionality residual. q: mem.dim() floats, L2-normalized.
+// `vismem explain` and the HTTP service's /v1/explain both use it.
+struct ExplainOptions {
+  Vote vote = Vote::rank;
+  std::string vote_name = "rank";
+  int k = 20;
+  int show = 10;
+  int threads = 0;
+  int thumb_side = 128;
+  std::vector<std::string> image_roots;
+};
+Explanation explain_query(const Memory& mem, const float* q, const ExplainOptions& o,
+                          std::vector<std::string>* warnings = nullptr);
+
+// A neighbor's image file: roots first, then the memory's recorded folders;
+// only a file inside one of them ("" if none: an id with ".." cannot leave them).
+std::string find_neighbor_image(const Memory& mem, const std::vector<std::string>& roots, const std::string& id);
+
+// The explanation as JSON (`vismem explain --json`, POST /v1/explain): query,
+// memory, model_id, items, vote, k, prediction, score_share, vote_share,
+// entropy, ood_score, scores [{label, score}], neighbors [{rank, id, label,
+// distance, weight, excluded, thumbnail}], residual {subtracted_id, norm,
+// zero, prediction, score_share, neighbors}, rerank {label, confidence,
+// reason}. A thumbnail is a data: URI or null. Ids and labels may be any
+// bytes: dump with error_handler_t::replace (bad UTF-8 becomes U+FFFD).
+nlohmann::json explanation_json(const Explanation& e);
 
 std::string explain_html(const Explanation& e);
 // A few lines for the terminal: prediction, top scores, neighbors, residual, re-ranker.
