@@ -267,7 +267,9 @@ void add_memory_commands(CLI::App& app) {
                 << "model       " << (i.model_id.empty() ? "-" : i.model_id) << "\n"
                 << "model path  " << (i.model_path.empty() ? "-" : i.model_path) << "\n"
                 << "fingerprint " << (i.fingerprint.empty() ? "- (embeddings from files)" : i.fingerprint) << "\n"
-                << "format      v" << i.format_version << " (vectors: " << i.rows << " rows, "
+                << "format      v" << i.format_version << " (vectors: " << i.rows << " rows"
+                << (i.rows > i.items ? " (" + std::to_string(i.rows - i.items) + " removed: `vismem compact` drops them)" : "")
+                << ", "
                 << i.vector_bytes / 1e6 << " MB" << (i.f16 ? ", with a float16 copy" : "") << ")\n"
                 << "created     " << i.created_at << "\n"
                 << "updated     " << i.updated_at << " (generation " << i.generation << ")\n"
@@ -278,6 +280,20 @@ void add_memory_commands(CLI::App& app) {
         std::cout << "ood         median distance to " << i.ood_k << " neighbors > " << i.ood_threshold
                   << " (fitted for FPR " << i.ood_fpr << ")" << (i.ood_stale() ? " STALE (memory changed since)" : "")
                   << "\n";
+    });
+  }
+  // compact
+  {
+    auto* c = app.add_subcommand("compact", "Rewrite the vector files without the rows removed items left behind");
+    auto mem = std::make_shared<std::string>();
+    c->add_option("memory", *mem, "Memory file")->required();
+    c->callback([=] {
+      Memory m = Memory::open(*mem);
+      const MemoryInfo before = m.info();
+      const int64_t dropped = m.compact();
+      const MemoryInfo after = m.info();
+      std::cout << "compacted " << *mem << ": " << dropped << " removed rows dropped, " << after.rows << " rows ("
+                << (before.vector_bytes - after.vector_bytes) / 1e6 << " MB freed)\n";
     });
   }
   // migrate

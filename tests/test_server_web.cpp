@@ -44,7 +44,8 @@ std::string ensure_puppeteer(const fs::path& web) {
 }  // namespace
 
 TEST(ServerWeb, PageInChromiumPredictsLikeClassifyAndRemoves) {
-  const fs::path web = fs::path(__FILE__).parent_path() / "web";
+  // Not __FILE__: with ccache's base_dir it is relative to the build folder.
+  const fs::path web = fs::path(VISMEM_SOURCE_DIR) / "tests" / "web";
   const std::string why = ensure_puppeteer(web);
   ASSERT_TRUE(why.empty()) << why;  // fails clearly: never a silent pass without a browser
   ASSERT_EQ(std::system("command -v node >/dev/null 2>&1"), 0) << "node is not installed (Debian package nodejs)";

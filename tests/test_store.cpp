@@ -430,3 +430,76 @@ TEST(Store, ForeignAndDamagedFilesAreRefusedUntouched) {
   std::filesystem::remove(p + ".vec");
   EXPECT_THROW(Memory::open(p), Error);
 }
+
+TEST(Store, CompactDropsRemovedRowsAndChangesNoAnswer) {
+  TempDir t;
+  const int d = 32;
+  std::string p = t / "m.db";
+  auto x = random_unit(300, d, 15);
+  Memory m = Memory::create(p, {.dim = d, .f16 = true});
+  m.add(ids_of(300, "i"), labels_of(300, 6), x.data());
+  m.set_counts(compute_prune_counts(m, 7), 7);
+  std::vector<std::string> gone;
+  for (int i = 0; i < 300; i += 3) gone.push_back("i" + std::to_string(i));
+  m.remove(gone);
+  m.add({"i1"}, {"moved"}, random_unit(1, d, 16).data(), AddMode::upsert);  // a replaced row too
+  Memory other = Memory::open(p);  // opened before: must follow the switch
+  auto q = random_unit(12, d, 17);
+  auto before = answers(m, q, 12, 40);
+  ASSERT_EQ(m.info().rows, 301);
+  EXPECT_EQ(m.compact(), 101);
+  EXPECT_EQ(m.compact(), 0);
+  EXPECT_EQ(m.info().rows, 200);
+  EXPECT_EQ(m.size(), 200);
+  EXPECT_TRUE(m.counts_current());
+  EXPECT_EQ(answers(m, q, 12, 40), before);
+  EXPECT_EQ(answers(other, q, 12, 40), before);
+  EXPECT_EQ(answers(Memory::open(p), q, 12, 40), before);
+  // One set of vector files, the new one, sized for the live rows.
+  int sets = 0;
+  for (const auto& f : Memory::files(p))
+    if (std::filesystem::exists(f) && f.size() > 4 && f.substr(f.size() - 4) == ".vec") {
+      ++sets;
+      EXPECT_EQ(std::filesystem::file_size(f), 4096u + 200u * 32 * 4) << f;
+    }
+  EXPECT_EQ(sets, 1);
+  // Writes go on after it, in this handle and in the one opened before.
+  other.add({"late"}, {"c0"}, x.data());
+  m.remove({"i2"});
+  EXPECT_EQ(Memory::open(p).size(), 200);
+  // Moved with its files.
+  Memory::rename_files(p, t / "moved.db");
+  EXPECT_EQ(Memory::open(t / "moved.db").size(), 200);
+}
+
+TEST(Store, CompactKilledBeforeOrAfterItsCommit) {
+  TempDir t;
+  const int d = 16;
+  std::string p = t / "m.db";
+  auto x = random_unit(100, d, 18);
+  {
+    Memory m = Memory::create(p, {.dim = d});
+    m.add(ids_of(100, "i"), labels_of(100, 4), x.data());
+    m.remove({"i3", "i50", "i99"});
+  }
+  auto q = random_unit(5, d, 19);
+  auto before = answers(Memory::open(p), q, 5, 20);
+  EXPECT_EQ(run_env("VISMEM_CRASH_AT=compact-before-commit", "compact " + p), 137);
+  {
+    Memory m = Memory::open(p);
+    EXPECT_EQ(m.info().rows, 100);
+    EXPECT_EQ(answers(m, q, 5, 20), before);
+  }
+  int vec_files = 0;
+  for (const auto& f : Memory::files(p)) vec_files += std::filesystem::exists(f) && f.substr(f.size() - 4) == ".vec";
+  EXPECT_EQ(vec_files, 1) << "the uncommitted set was not cleaned up";
+  EXPECT_EQ(run_env("VISMEM_CRASH_AT=compact-after-commit", "compact " + p), 137);
+  {
+    Memory m = Memory::open(p);
+    EXPECT_EQ(m.info().rows, 97);
+    EXPECT_EQ(answers(m, q, 5, 20), before);
+  }
+  vec_files = 0;
+  for (const auto& f : Memory::files(p)) vec_files += std::filesystem::exists(f) && f.substr(f.size() - 4) == ".vec";
+  EXPECT_EQ(vec_files, 1) << "the old set was not cleaned up";
+}

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -155,6 +156,7 @@ struct Map {
 // one it started with while another thread maps a larger one.
 struct Mapping {
   int64_t rows = 0;
+  std::string tag;  // which set of vector files
   Map f32, f16, keys;
   const float* x() const { return reinterpret_cast<const float*>(static_cast<const char*>(f32.p) + kHeader); }
   const uint16_t* half() const {
@@ -311,7 +313,12 @@ struct Memory::Impl {
   mutable std::unordered_map<std::string, int64_t> seq_of;
   mutable std::unique_ptr<Stmt> q_by_seq, q_by_id;  // prepared once: resolving neighbors is per result
 
-  std::string file(VecKind k) const { return path + kSuffix[k]; }
+  // Vector files are named path + tag + suffix; compact() writes a new set
+  // under a new tag and switches meta 'files' in one transaction.
+  mutable std::string tag;
+  std::string file(VecKind k, const std::string& t) const { return path + t + kSuffix[k]; }
+  std::string file(VecKind k) const { return file(k, tag); }
+  void load_tag() const { tag = meta("files", ""); }
   std::string lock_path() const { return path + ".lock"; }
   int64_t record_bytes(VecKind k) const {
     return k == kF32 ? int64_t{4} * ld : k == kF16 ? int64_t{2} * ld : int64_t{8};
@@ -354,6 +361,8 @@ struct Memory::Impl {
     ns.generation = std::stoll(get("generation", "0"));
     ns.prune_mode = get("pruning_mode", "none");
     ns.prune_threshold = std::stod(get("pruning_threshold", "0"));
+    tag = get("files", "");
+    const bool moved = map && map->tag != tag;
     {
       Stmt s(*db, "SELECT row FROM scrub ORDER BY row");
       while (s.step()) ns.pending.push_back(s.col_i64(0));
@@ -361,7 +370,7 @@ struct Memory::Impl {
     // Items may have changed (labels by upsert, counts by prune): drop the cache.
     by_seq.clear();
     seq_of.clear();
-    if (!map || map->rows < ns.rows || (map->f16.p == nullptr) != !f16) map = map_files(ns.rows);
+    if (!map || moved || map->rows < ns.rows || (map->f16.p == nullptr) != !f16) map = map_files(ns.rows);
     st = std::move(ns);
     data_version = v;
   }
@@ -377,6 +386,7 @@ struct Memory::Impl {
   std::shared_ptr<Mapping> map_files(int64_t rows) const {
     auto m = std::make_shared<Mapping>();
     m->rows = rows;
+    m->tag = tag;
     if (rows == 0) return m;
     for (VecKind k : {kF32, kF16, kKeys}) {
       if (k == kF16 && !f16) continue;
@@ -410,8 +420,8 @@ struct Memory::Impl {
   }
 
   // Creates a vector file with its header (or checks an existing one).
-  void ensure_file(VecKind k) const {
-    const std::string p = file(k);
+  void ensure_file(VecKind k, const std::string& t) const {
+    const std::string p = file(k, t);
     Fd fd(::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
     if (fd.fd < 0) throw Error(p + ": cannot create the vector file: " + errno_text());
     struct stat sb;
@@ -434,10 +444,26 @@ struct Memory::Impl {
     sync_fd(fd.fd, p);
   }
 
-  Fd open_rw(VecKind k) const {
-    Fd fd(::open(file(k).c_str(), O_RDWR | O_CLOEXEC));
-    if (fd.fd < 0) throw Error(file(k) + ": cannot open the vector file for writing: " + errno_text());
+  void ensure_file(VecKind k) const { ensure_file(k, tag); }
+  Fd open_rw(VecKind k, const std::string& t) const {
+    Fd fd(::open(file(k, t).c_str(), O_RDWR | O_CLOEXEC));
+    if (fd.fd < 0) throw Error(file(k, t) + ": cannot open the vector file for writing: " + errno_text());
     return fd;
+  }
+  Fd open_rw(VecKind k) const { return open_rw(k, tag); }
+
+  // Vector files of other tags: a compaction's new set that never committed,
+  // or the old set of one that did. Readers that still map them keep them.
+  void remove_stale_sets() const {
+    for (const std::string& f : Memory::files(path)) {
+      bool current = f == path || f.rfind("-wal") == f.size() - 4 || f.rfind("-shm") == f.size() - 4 ||
+                     f == path + ".lock";
+      for (VecKind k : {kF32, kF16, kKeys}) current = current || f == file(k);
+      if (!current) {
+        std::error_code ec;
+        fs::remove(f, ec);
+      }
+    }
   }
 
   // Cuts bytes past the committed rows (left by a killed add): caller is the writer.
@@ -512,6 +538,7 @@ struct Memory::Impl {
   // Unfinished business of a process that died: a scrub after its commit, or
   // rows past the committed end. Run by open() and by every writer.
   void recover(bool have_writer_lock) const {
+    load_tag();
     bool pending = false, catalog = false;
     {
       Stmt s(*db, "SELECT count(*) FROM scrub");
@@ -527,6 +554,7 @@ struct Memory::Impl {
     }
     if (pending || catalog) scrub();
     truncate_to(std::stoll(meta("rows", "0")));
+    remove_stale_sets();
   }
 
   // seq -> item, through the cache (caller holds mu).
@@ -601,7 +629,23 @@ Memory& Memory::operator=(Memory&&) noexcept = default;
 Memory::~Memory() = default;
 
 std::vector<std::string> Memory::files(const std::string& path) {
-  return {path, path + "-wal", path + "-shm", path + ".vec", path + ".f16", path + ".keys", path + ".lock"};
+  std::vector<std::string> out = {path, path + "-wal", path + "-shm", path + ".vec", path + ".f16", path + ".keys",
+                                  path + ".lock"};
+  // Sets written by compact(): PATH.gN.vec / .f16 / .keys.
+  const fs::path p(path);
+  const std::string base = p.filename().string() + ".g";
+  std::error_code ec;
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(base, 0) != 0) continue;
+    size_t i = base.size();
+    while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) ++i;
+    if (i == base.size()) continue;
+    const std::string rest = name.substr(i);
+    if (rest == ".vec" || rest == ".f16" || rest == ".keys") out.push_back((dir / name).string());
+  }
+  return out;
 }
 
 void Memory::remove_files(const std::string& path) {
@@ -613,16 +657,15 @@ void Memory::remove_files(const std::string& path) {
 
 void Memory::rename_files(const std::string& from, const std::string& to) {
   // The catalog last: until it moves, `to` is no memory at all.
-  auto src = files(from), dst = files(to);
+  auto src = files(from);
   for (size_t i = src.size(); i-- > 0;)
-    if (file_exists(src[i])) fs::rename(src[i], dst[i]);
+    if (file_exists(src[i])) fs::rename(src[i], to + src[i].substr(from.size()));
 }
 
 void Memory::copy_files(const std::string& from, const std::string& to) {
-  auto src = files(from), dst = files(to);
-  for (size_t i = 0; i < src.size(); ++i)
-    if (file_exists(src[i]) && src[i].find(".lock") == std::string::npos)
-      fs::copy_file(src[i], dst[i], fs::copy_options::overwrite_existing);
+  for (const auto& f : files(from))
+    if (file_exists(f) && f != from + ".lock")
+      fs::copy_file(f, to + f.substr(from.size()), fs::copy_options::overwrite_existing);
 }
 
 namespace {
@@ -1113,6 +1156,62 @@ int64_t Memory::remove(const std::vector<std::string>& ids, bool ignore_missing)
   I.scrub();
   if (upkeep) upkeep->after(*this);
   return static_cast<int64_t>(gone.size());
+}
+
+int64_t Memory::compact() {
+  Impl& I = *impl_;
+  WriterGuard writer(I);
+  I.recover(/*have_writer_lock=*/true);
+  I.refresh(true);
+  std::vector<std::pair<int64_t, int64_t>> live;  // (row, seq) in row order
+  {
+    Stmt s(*I.db, "SELECT row, seq FROM items ORDER BY row");
+    while (s.step()) live.emplace_back(s.col_i64(0), s.col_i64(1));
+  }
+  const int64_t rows = std::stoll(I.meta("rows", "0"));
+  if (static_cast<int64_t>(live.size()) == rows) return 0;
+  const std::string old_tag = I.tag;
+  const std::string new_tag = ".g" + std::to_string(std::stoll(I.meta("files_gen", "0")) + 1);
+  // 1. The new set: live rows in their order (so insertion order = row order still).
+  std::shared_ptr<Mapping> map = I.map_files(rows);
+  for (VecKind k : {kF32, kF16, kKeys}) {
+    if (k == kF16 && !I.f16) continue;
+    std::error_code ec;
+    fs::remove(I.file(k, new_tag), ec);
+    I.ensure_file(k, new_tag);
+    Fd fd = I.open_rw(k, new_tag);
+    const int64_t rb = I.record_bytes(k);
+    const char* src = static_cast<const char*>(k == kF32 ? map->f32.p : k == kF16 ? map->f16.p : map->keys.p) + kHeader;
+    std::vector<char> buf;
+    const int64_t chunk = std::max<int64_t>(1, (8 << 20) / rb);
+    for (size_t i = 0; i < live.size(); i += static_cast<size_t>(chunk)) {
+      const size_t m = std::min(live.size() - i, static_cast<size_t>(chunk));
+      buf.resize(m * static_cast<size_t>(rb));
+      for (size_t j = 0; j < m; ++j) std::memcpy(buf.data() + j * rb, src + live[i + j].first * rb, static_cast<size_t>(rb));
+      pwrite_all(fd.fd, buf.data(), buf.size(), kHeader + static_cast<int64_t>(i) * rb, I.file(k, new_tag));
+    }
+    sync_fd(fd.fd, I.file(k, new_tag));
+  }
+  crash_point("compact-before-commit");
+  // 2. One transaction points the catalog at the new set. Items, their order
+  //    and the generation are unchanged (pruning counts stay current).
+  {
+    Txn t(*I.db);
+    Stmt up(*I.db, "UPDATE items SET row=? WHERE seq=?");
+    for (size_t i = 0; i < live.size(); ++i) up.i64(1, static_cast<int64_t>(i)).i64(2, live[i].second).run();
+    I.set_meta("rows", std::to_string(live.size()));
+    I.set_meta("files", new_tag);
+    I.set_meta("files_gen", new_tag.substr(2));
+    t.commit();
+  }
+  crash_point("compact-after-commit");
+  map.reset();
+  I.invalidate();
+  // 3. The old set goes (a reader still mapping it keeps its pages until it catches up).
+  I.load_tag();
+  I.remove_stale_sets();
+  (void)old_tag;
+  return rows - static_cast<int64_t>(live.size());
 }
 
 int64_t Memory::remove_label(const std::string& label) {

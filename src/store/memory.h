@@ -146,6 +146,13 @@ class Memory {
   int64_t remove(const std::vector<std::string>& ids, bool ignore_missing = false);
   int64_t remove_label(const std::string& label);
 
+  // Rewrites the vector files without the rows removed items left (zeroed
+  // tombstones that every scan still reads), under a new name, and switches
+  // the catalog to them in one transaction; then deletes the old set. Items,
+  // insertion order, answers and pruning counts are unchanged. Returns the
+  // rows dropped (0: nothing to do). Crash safe like every write.
+  int64_t compact();
+
   // q: nq * dim() row-major, any norm (normalized here). Each result list has
   // min(k, size()) neighbors. self_ids (nq entries, or empty): leave-one-out
   // per SPEC section 2 (search k+1, drop the query's own id or else the last).
