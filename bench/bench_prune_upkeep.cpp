@@ -45,8 +45,8 @@ int main(int argc, char** argv) {
   }
   try {
     fs::path tmp = fs::temp_directory_path() / "vismem_bench_upkeep.db";
-    fs::remove(tmp);
-    fs::copy_file(argv[1], tmp);
+    Memory::remove_files(tmp.string());
+    Memory::copy_files(argv[1], tmp.string());
     Memory m = Memory::open(tmp.string());
     auto t0 = std::chrono::steady_clock::now();
     m.set_counts(compute_prune_counts(m, k), k);
@@ -87,8 +87,7 @@ int main(int argc, char** argv) {
     std::printf("full recount (baseline):  %.3f s\n", full);
     std::printf("ratio full / upkeep: remove %.1fx, add %.1fx; counts equal to the recount: %s\n", full / rm, full / ad,
                 agree ? "yes" : "NO");
-    fs::remove(tmp);
-    for (const char* ext : {"-wal", "-shm"}) fs::remove(tmp.string() + ext);
+    Memory::remove_files(tmp.string());
     return agree ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -69,14 +69,14 @@ void add_experiment_commands(CLI::App& app) {
         // Built under a temporary name: an interrupted run never leaves a partial set behind.
         std::string tmp = db + ".partial";
         if (!fs::exists(tmp)) Memory::create(tmp, co);
+        else Memory::migrate(tmp);
         {
           Memory m = Memory::open(tmp);
           add_image_folder(m, dir, "", a->batch, a->threads, false);
         }
-        fs::rename(tmp, db);
-        for (const char* ext : {"-wal", "-shm"})
-          if (fs::exists(tmp + ext)) fs::remove(tmp + ext);
+        Memory::rename_files(tmp, db);
       }
+      Memory::migrate(db);  // a cache made by an older vismem
       Memory m = Memory::open(db);
       if (m.size() == 0) throw Error(db + " is empty");
       const MemoryInfo info = m.info();

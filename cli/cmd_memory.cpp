@@ -112,7 +112,9 @@ void add_memory_commands(CLI::App& app) {
     auto dim = std::make_shared<int>(0);
     auto model_id = std::make_shared<std::string>();
     auto model = std::make_shared<std::string>();
-    c->add_option("memory", *mem, "Memory file to create (SQLite)")->required();
+    auto f16 = std::make_shared<bool>(false);
+    c->add_option("memory", *mem, "Memory file to create (the SQLite catalog; vectors go beside it)")->required();
+    c->add_flag("--f16", *f16, "Also keep a float16 copy of the vectors: small batches scan half the bytes (same results)");
     c->add_option("--dim", *dim, "Embedding dimension (for embeddings from .npy files)");
     c->add_option("--model-id", *model_id, "A name for the embedding model");
     c->add_option("--model", *model, "Bind the memory to an encoder (.tflite file or HF checkpoint folder)");
@@ -120,6 +122,7 @@ void add_memory_commands(CLI::App& app) {
       Memory::CreateOptions o;
       o.dim = *dim;
       o.model_id = *model_id;
+      o.f16 = *f16;
       if (!model->empty()) {
         auto enc = load_encoder(*model);
         if (*dim && *dim != enc->dim())
@@ -162,12 +165,14 @@ void add_memory_commands(CLI::App& app) {
         return;
       }
       if (a->emb.empty() || a->labels.empty()) throw Error("add needs --embeddings X.npy --labels L.txt, or an image folder");
-      Matrix m = read_embeddings(a->emb);
-      check_dim(mem, m, a->emb);
+      EmbeddingView m = view_embeddings(a->emb);
+      if (m.cols != mem.dim())
+        throw Error(a->emb + ": embeddings have " + std::to_string(m.cols) + " columns, the memory's dimension is " +
+                    std::to_string(mem.dim()));
       auto labels = read_list(a->labels, m.rows, "labels");
       auto ids = a->ids.empty() ? default_ids(a->emb, m.rows) : read_list(a->ids, m.rows, "ids");
       Progress bar("adding", m.rows);
-      AddResult r = mem.add(ids, labels, m.data.data(), a->upsert ? AddMode::upsert : AddMode::strict,
+      AddResult r = mem.add(ids, labels, m.data, a->upsert ? AddMode::upsert : AddMode::strict,
                             [&](int64_t d, int64_t) { bar.update(d); });
       bar.finish();
       std::cout << "added " << r.added << ", replaced " << r.replaced << "; memory now holds " << mem.size() << " items\n";
@@ -262,7 +267,8 @@ void add_memory_commands(CLI::App& app) {
                 << "model       " << (i.model_id.empty() ? "-" : i.model_id) << "\n"
                 << "model path  " << (i.model_path.empty() ? "-" : i.model_path) << "\n"
                 << "fingerprint " << (i.fingerprint.empty() ? "- (embeddings from files)" : i.fingerprint) << "\n"
-                << "format      v" << i.format_version << "\n"
+                << "format      v" << i.format_version << " (vectors: " << i.rows << " rows, "
+                << i.vector_bytes / 1e6 << " MB" << (i.f16 ? ", with a float16 copy" : "") << ")\n"
                 << "created     " << i.created_at << "\n"
                 << "updated     " << i.updated_at << " (generation " << i.generation << ")\n"
                 << "pruning     " << i.pruning_mode
@@ -272,6 +278,18 @@ void add_memory_commands(CLI::App& app) {
         std::cout << "ood         median distance to " << i.ood_k << " neighbors > " << i.ood_threshold
                   << " (fitted for FPR " << i.ood_fpr << ")" << (i.ood_stale() ? " STALE (memory changed since)" : "")
                   << "\n";
+    });
+  }
+  // migrate
+  {
+    auto* c = app.add_subcommand("migrate", "Upgrade a memory written by an older vismem to the current format, in place");
+    auto mem = std::make_shared<std::string>();
+    c->add_option("memory", *mem, "Memory file")->required();
+    c->callback([=] {
+      bool changed = Memory::migrate(*mem);
+      Memory m = Memory::open(*mem);
+      std::cout << (changed ? "migrated " : "already current: ") << *mem << " (format v" << Memory::format_version
+                << ", " << m.size() << " items)\n";
     });
   }
 }

@@ -35,7 +35,14 @@ void add_prune_commands(CLI::App& app) {
       Progress bar("self-queries", mem.size());
       Memory::Counts counts = compute_prune_counts(mem, k, a->threads, [&](int64_t d, int64_t) { bar.update(d); });
       bar.finish();
-      mem.set_counts(counts, k);
+      // Counts and mode in one transaction: a kill never leaves new counts under the old mode.
+      if (!a->mode.empty()) {
+        if (a->mode == "hard" && a->threshold <= 0) throw Error("--mode hard needs --threshold T (> 0)");
+        mem.set_counts(counts, k, a->mode, a->mode == "hard" ? a->threshold : 0);
+        a->mode.clear();
+      } else {
+        mem.set_counts(counts, k);
+      }
     } else {
       std::cerr << "counts are current (k=" << k << ")\n";
     }

@@ -1,9 +1,15 @@
 #include "common.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
-#include <unistd.h>
+#include <memory>
 
 #include "error.h"
 #include "npy.h"
@@ -21,6 +27,54 @@ Matrix read_embeddings(const std::string& path) {
   m.cols = static_cast<int>(a.shape[1]);
   m.data = a.to_float();
   return m;
+}
+
+EmbeddingView view_embeddings(const std::string& path) {
+  EmbeddingView v;
+  // Header: magic, version, little-endian header length, then a Python dict literal.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    struct stat sb;
+    unsigned char pre[12];
+    if (::fstat(fd, &sb) == 0 && ::pread(fd, pre, sizeof pre, 0) == static_cast<ssize_t>(sizeof pre) &&
+        std::memcmp(pre, "\x93NUMPY", 6) == 0 && (pre[6] == 1 || pre[6] == 2 || pre[6] == 3)) {
+      const bool v1 = pre[6] == 1;
+      const uint64_t hlen = v1 ? (pre[8] | (pre[9] << 8)) : (pre[8] | (pre[9] << 8) | (pre[10] << 16) | (uint64_t(pre[11]) << 24));
+      const uint64_t off = (v1 ? 10 : 12) + hlen;
+      std::string h(static_cast<size_t>(std::min<uint64_t>(hlen, 1 << 16)), '\0');
+      if (hlen < (1 << 16) && ::pread(fd, h.data(), h.size(), v1 ? 10 : 12) == static_cast<ssize_t>(h.size()) &&
+          h.find("'descr': '<f4'") != std::string::npos && h.find("'fortran_order': False") != std::string::npos) {
+        long long n = -1, d = -1;
+        int used = -1;
+        auto sp = h.find("'shape': (");
+        if (sp != std::string::npos && std::sscanf(h.c_str() + sp + 10, "%lld, %lld)%n", &n, &d, &used) == 2 && used > 0 && n >= 0 &&
+            d > 0 && d <= 65536 && n <= (int64_t{1} << 40)) {
+          const uint64_t need = off + static_cast<uint64_t>(n) * static_cast<uint64_t>(d) * 4;
+          if (need <= static_cast<uint64_t>(sb.st_size) && off % 4 == 0) {
+            void* p = n == 0 ? nullptr : ::mmap(nullptr, need, PROT_READ, MAP_SHARED, fd, 0);
+            if (p != MAP_FAILED) {
+              ::close(fd);
+              v.rows = n;
+              v.cols = static_cast<int>(d);
+              if (p) {
+                ::madvise(p, need, MADV_SEQUENTIAL);
+                v.data = reinterpret_cast<const float*>(static_cast<const char*>(p) + off);
+                v.keep = std::shared_ptr<void>(p, [need](void* q) { ::munmap(q, need); });
+              }
+              return v;
+            }
+          }
+        }
+      }
+    }
+    ::close(fd);
+  }
+  auto m = std::make_shared<Matrix>(read_embeddings(path));
+  v.rows = m->rows;
+  v.cols = m->cols;
+  v.data = m->data.data();
+  v.keep = m;
+  return v;
 }
 
 std::vector<std::string> read_list(const std::string& path, int64_t expected, const std::string& what) {

@@ -22,6 +22,17 @@ struct Matrix {
 };
 Matrix read_embeddings(const std::string& path);
 
+// The same, without reading the file into memory when it is float32 with a
+// plain header: the file is mapped read-only (a 5 GB .npy costs page cache,
+// not process memory). Other dtypes are read and converted (read_embeddings).
+struct EmbeddingView {
+  int64_t rows = 0;
+  int cols = 0;
+  const float* data = nullptr;
+  std::shared_ptr<void> keep;  // the mapping or the converted copy
+};
+EmbeddingView view_embeddings(const std::string& path);
+
 // Text list with an expected length (0: any); the message names the file.
 std::vector<std::string> read_list(const std::string& path, int64_t expected, const std::string& what);
 

@@ -20,7 +20,7 @@ mkdir -p "$CACHE"
 V=build/vismem
 
 echo "== 1. memory: $DATA/train with $(basename "$MODEL")"
-[ -f "$MEM" ] || $V create "$MEM" --model "$MODEL"
+if [ -f "$MEM" ]; then $V migrate "$MEM" >/dev/null; else $V create "$MEM" --model "$MODEL"; fi   # a cache from an older vismem is upgraded
 $V add "$MEM" "$DATA/train"          # resumable: images already in the memory are skipped
 $V info "$MEM"
 

@@ -926,8 +926,10 @@ Returns the dict `vismem eval --json` prints: {"queries": nq, "methods": {rule:
               o.k = k_arg ? *k_arg : (info.counts_k ? info.counts_k : 100);
               bool current = info.counts_generation >= 0 && !info.counts_stale() && info.counts_k == o.k;
               o.recomputed = !current || recompute;
-              if (o.recomputed) mem.set_counts(compute_prune_counts(mem, o.k, threads), o.k);
-              if (mode) mem.set_pruning(*mode, *mode == "hard" ? *threshold : 0);
+              // Counts and mode in one transaction (as `vismem prune`).
+              const double t = mode && *mode == "hard" ? *threshold : 0;
+              if (o.recomputed) mem.set_counts(compute_prune_counts(mem, o.k, threads), o.k, mode ? *mode : "", t);
+              else if (mode) mem.set_pruning(*mode, t);
               o.items = mem.items();
               for (const auto& it : o.items) o.excluded += mem.excluded(it);
               o.mode = mem.pruning_mode();

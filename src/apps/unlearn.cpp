@@ -5,6 +5,7 @@
 #include <unordered_map>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <sstream>
 #include <unistd.h>
@@ -138,17 +139,31 @@ UnlearnReceipt remove_verified(Memory& mem, const std::vector<std::string>& ids,
     } catch (const Error&) {
     }
   }
-  // Byte scan of the database files (main file and WAL, after the checkpoint remove() does).
-  std::string bytes;
-  for (const std::string& p : {mem.path(), mem.path() + "-wal"})
-    if (std::filesystem::exists(p)) bytes += read_text_file(p);
-  r.bytes_scanned = static_cast<int64_t>(bytes.size());
-  r.no_bytes_left = !contains_embedding_bytes(bytes, removed_vecs, d);
+  // Byte scan of every file the memory owns (catalog, WAL, vector files), in
+  // chunks that overlap by one window less a byte, so no window is missed.
+  r.no_bytes_left = true;
+  for (const std::string& p : mem.owned_files()) {
+    std::ifstream f(p, std::ios::binary);
+    if (!f) throw Error("cannot read " + p);
+    const size_t chunk = 64u << 20, overlap = 63;
+    std::string buf, tail;
+    for (;;) {
+      buf.assign(tail);
+      buf.resize(tail.size() + chunk);
+      f.read(buf.data() + tail.size(), static_cast<std::streamsize>(chunk));
+      const size_t got = static_cast<size_t>(f.gcount());
+      buf.resize(tail.size() + got);
+      r.bytes_scanned += static_cast<int64_t>(got);
+      if (contains_embedding_bytes(buf, removed_vecs, d)) r.no_bytes_left = false;
+      if (got < chunk) break;
+      tail = buf.substr(buf.size() - std::min(overlap, buf.size()));
+    }
+  }
 
   // Rebuild from scratch without the removed items, in the same insertion order.
   namespace fs = std::filesystem;
   fs::path tmp = fs::temp_directory_path() / ("vismem_rebuild_" + std::to_string(::getpid()) + ".db");
-  fs::remove(tmp);
+  Memory::remove_files(tmp.string());
   t0 = std::chrono::steady_clock::now();
   {
     Memory rebuilt = Memory::create(tmp.string(), {.dim = d});
@@ -167,7 +182,7 @@ UnlearnReceipt remove_verified(Memory& mem, const std::vector<std::string>& ids,
     r.same_as_rebuild = mem.size() == 0 || fingerprint_answers(mem, q, r.sample_queries, k) ==
                                                fingerprint_answers(rebuilt, q, r.sample_queries, k);
   }
-  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(tmp.string() + suffix);
+  Memory::remove_files(tmp.string());
   return r;
 }
 

@@ -89,6 +89,19 @@ inline __m512 reduce16x16(const __m512* v) {
   return s2[0] + s2[1];
 }
 
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+// reduce16 of the 16 lanes lo (0-7) | hi (8-15): the same additions in the same order.
+inline float reduce16_avx2(__m256 lo, __m256 hi) {
+  __m256 s8 = _mm256_add_ps(lo, hi);
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  __m128 s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+  return _mm_cvtss_f32(s1);
+}
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#endif
+
 // Any pointers, any d (masked tail).
 float exact_dot(const float* a, const float* b, int d) {
 #if defined(__AVX512F__)
@@ -100,6 +113,22 @@ float exact_dot(const float* a, const float* b, int d) {
     acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + j), _mm512_maskz_loadu_ps(m, b + j), acc);
   }
   return reduce16(acc);
+#elif defined(__AVX2__) && defined(__FMA__)
+  // Lanes 0-7 and 8-15 of the 16-lane definition in two registers.
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  int j = 0;
+  for (; j + kLanes <= d; j += kLanes) {
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), lo);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), hi);
+  }
+  if (j < d) {
+    alignas(32) float ta[kLanes] = {}, tb[kLanes] = {};
+    std::memcpy(ta, a + j, sizeof(float) * (d - j));
+    std::memcpy(tb, b + j, sizeof(float) * (d - j));
+    lo = _mm256_fmadd_ps(_mm256_load_ps(ta), _mm256_load_ps(tb), lo);
+    hi = _mm256_fmadd_ps(_mm256_load_ps(ta + 8), _mm256_load_ps(tb + 8), hi);
+  }
+  return reduce16_avx2(lo, hi);
 #else
   float acc[kLanes] = {};
   for (int j = 0; j < d; j += kLanes)
@@ -161,6 +190,22 @@ inline void dot_tile(const float* q, int64_t ldq, const T* x, int64_t ldx, int d
   } else {
     for (int i = 0; i < NQ; ++i)
       for (int r = 0; r < NR; ++r) out[i * NR + r] = reduce16(acc[i][r]);
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  // 16 registers: one query at a time against the NR rows (which stay in L1
+  // between queries), two accumulators per pair (lanes 0-7, 8-15).
+  for (int i = 0; i < NQ; ++i) {
+    __m256 lo[NR], hi[NR];
+    for (int r = 0; r < NR; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+    const float* qi = q + i * ldq;
+    for (int j = 0; j < dp; j += kLanes) {
+      const __m256 qlo = _mm256_loadu_ps(qi + j), qhi = _mm256_loadu_ps(qi + j + 8);
+      for (int r = 0; r < NR; ++r) {
+        lo[r] = _mm256_fmadd_ps(qlo, load8(x + r * ldx + j), lo[r]);
+        hi[r] = _mm256_fmadd_ps(qhi, load8(x + r * ldx + j + 8), hi[r]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) out[i * NR + r] = reduce16_avx2(lo[r], hi[r]);
   }
 #else
   for (int i = 0; i < NQ; ++i)
@@ -520,12 +565,43 @@ bool FlatIndex::reconstruct(int64_t key, float* out) const {
   return true;
 }
 
+namespace {
+void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options& options_, int64_t nq, const float* q,
+                       int k, float* distances, int64_t* out_keys, int threads);
+}  // namespace
+
+int flat_row_stride(int dim) { return static_cast<int>(round_up(dim, kLanes)); }
+
+bool flat_f16_supported() {
+#if defined(__F16C__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+void flat_to_half(const float* x, uint16_t* out, int64_t n) {
+#if defined(__F16C__)
+  for (int64_t j = 0; j < n; ++j) out[j] = to_half(x[j]);
+#else
+  (void)x, (void)out, (void)n;
+  throw Error("float16 storage needs a build with F16C (VISMEM_NATIVE on an x86-64-v3 CPU)");
+#endif
+}
+
 void FlatIndex::search(int64_t nq, const float* q, int k, float* distances, int64_t* out_keys, int threads) const {
-  if (nq < 0) throw Error("FlatIndex::search: negative query count " + std::to_string(nq));
-  if (k < 0) throw Error("FlatIndex::search: negative k " + std::to_string(k));
-  if (threads < 0) throw Error("FlatIndex::search: negative thread count " + std::to_string(threads));
+  FlatRows rows{data_.data(), options_.storage == Storage::f16 ? half_.data() : nullptr, keys_.data(), size(), max_norm_};
+  flat_search(rows, dim_, options_, nq, q, k, distances, out_keys, threads);
+}
+
+void flat_search(const FlatRows& rows, int dim, const FlatIndex::Options& options, int64_t nq, const float* q, int k,
+                 float* distances, int64_t* out_keys, int threads) {
+  const int dim_ = dim;
+  if (nq < 0) throw Error("search: negative query count " + std::to_string(nq));
+  if (k < 0) throw Error("search: negative k " + std::to_string(k));
+  if (threads < 0) throw Error("search: negative thread count " + std::to_string(threads));
   if (nq == 0 || k == 0) return;
-  if (!q || !distances || !out_keys) throw Error("FlatIndex::search: null queries or outputs");
+  if (!q || !distances || !out_keys) throw Error("search: null queries or outputs");
 
   // Validate every query before writing any output.
   for (int64_t i = 0; i < nq; ++i) {
@@ -533,15 +609,15 @@ void FlatIndex::search(int64_t nq, const float* q, int k, float* distances, int6
     for (int j = 0; j < dim_; ++j) {
       float v = q[i * dim_ + j];
       if (!std::isfinite(v))
-        throw Error("FlatIndex::search: query " + std::to_string(i) + " has a non-finite value at column " +
+        throw Error("search: query " + std::to_string(i) + " has a non-finite value at column " +
                     std::to_string(j));
       norm2 += static_cast<double>(v) * v;
     }
     if (norm2 > kMaxNorm * kMaxNorm)
-      throw Error("FlatIndex::search: query " + std::to_string(i) + " has norm " + std::to_string(std::sqrt(norm2)) +
+      throw Error("search: query " + std::to_string(i) + " has norm " + std::to_string(std::sqrt(norm2)) +
                   " (over 1e15: dot products would overflow)");
   }
-  if (size() == 0) {
+  if (rows.n == 0) {
     std::vector<Hit> none;
     for (int64_t i = 0; i < nq; ++i) write_row(none, k, distances + i * k, out_keys + i * k);
     return;
@@ -551,14 +627,19 @@ void FlatIndex::search(int64_t nq, const float* q, int k, float* distances, int6
   // chunk (~1% of a compute-bound chunk's time).
   for (int64_t i0 = 0; i0 < nq; i0 += kSearchChunk) {
     const int64_t m = std::min(kSearchChunk, nq - i0);
-    search_chunk(m, q + i0 * dim_, k, distances + i0 * k, out_keys + i0 * k, threads);
+    flat_search_chunk(rows, dim_, options, m, q + i0 * dim_, k, distances + i0 * k, out_keys + i0 * k, threads);
   }
 }
 
-void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances, int64_t* out_keys,
-                             int threads) const {
+namespace {
+
+// flat_search() after validation, for at most kSearchChunk queries.
+void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options& options_, int64_t nq, const float* q,
+                       int k, float* distances, int64_t* out_keys, int threads) {
   // Padded copy of the queries: kernels read whole 16-column blocks.
-  const int ld = ld_;
+  const int ld = static_cast<int>(round_up(dim_, kLanes));
+  const int ld_ = ld;
+  const double max_norm_ = rows.max_norm;
   std::vector<float> qp(static_cast<size_t>(nq * ld), 0.0f);
   std::vector<double> qnorm(static_cast<size_t>(nq));
   for (int64_t i = 0; i < nq; ++i) {
@@ -570,32 +651,32 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
     }
     qnorm[i] = std::sqrt(norm2);
   }
-  const int64_t n = size();
+  const int64_t n = rows.n;
 
   int nthreads = threads ? threads : default_threads();
   const double work = static_cast<double>(n) * nq * dim_;
   nthreads = static_cast<int>(std::max<double>(1.0, std::min<double>(nthreads, work / kWorkPerThread)));
   nthreads = static_cast<int>(std::min<int64_t>(nthreads, (n + kBlockRows - 1) / kBlockRows * 4));
   nthreads = std::max(nthreads, 1);
-  const float* X = data_.data();
-  const int64_t* K = keys_.data();
-  const bool f16 = options_.storage == Storage::f16;
+  const float* X = rows.x;
+  const int64_t* K = rows.keys;
+  const bool f16 = rows.half != nullptr;
 
   // Rows [row_begin(t), row_begin(t+1)) belong to worker t.
   auto row_begin = [&](int t, int nt) { return n * t / nt; };
 
-  Scan scan = options_.scan;
-  if (scan == Scan::automatic) {
+  FlatIndex::Scan scan = options_.scan;
+  if (scan == FlatIndex::Scan::automatic) {
     if (!kKernelForAll) {
-      scan = nq <= kScanMaxBatch ? Scan::kernel : Scan::blas;
+      scan = nq <= kScanMaxBatch ? FlatIndex::Scan::kernel : FlatIndex::Scan::blas;
     } else {
       // Only with single-threaded BLAS: the comparison is one core against one core.
-      scan = nq >= kBlasMinBatch && blas_threads() == 1 && blas_is_faster(ld_) ? Scan::blas : Scan::kernel;
+      scan = nq >= kBlasMinBatch && blas_threads() == 1 && blas_is_faster(ld_) ? FlatIndex::Scan::blas : FlatIndex::Scan::kernel;
     }
   }
-  const bool use_f16 = f16 && scan == Scan::kernel && nq <= kF16MaxBatch;
+  const bool use_f16 = f16 && scan == FlatIndex::Scan::kernel && nq <= kF16MaxBatch;
 
-  if (scan == Scan::kernel && !use_f16) {
+  if (scan == FlatIndex::Scan::kernel && !use_f16) {
     // Direct scan: exact distances straight from the kernel, one pass over the matrix.
     std::vector<std::vector<TopK>> part(nthreads, std::vector<TopK>(static_cast<size_t>(nq), TopK(k)));
 #pragma omp parallel num_threads(nthreads)
@@ -603,7 +684,9 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       std::vector<TopK>& top = part[t];
       scan_rows(qp.data(), nq, ld, X, row_begin(t, nt), row_begin(t + 1, nt),
-                [&](int64_t i, int64_t row, float dot) { top[i].push(1.0f - dot, K[row]); });
+                [&](int64_t i, int64_t row, float dot) {
+                  if (K[row] >= 0) top[i].push(1.0f - dot, K[row]);
+                });
     }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t i = 0; i < nq; ++i) {
@@ -643,13 +726,15 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
   }
 
   if (use_f16) {
-    const uint16_t* H = half_.data();
+    const uint16_t* H = rows.half;
 #pragma omp parallel num_threads(nthreads)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       std::vector<CandidateSet>& cs = part[t];
       scan_rows(qp.data(), nq, ld, H, row_begin(t, nt), row_begin(t + 1, nt),
-                [&](int64_t i, int64_t row, float dot) { cs[i].push(dot, row); });
+                [&](int64_t i, int64_t row, float dot) {
+                  if (K[row] >= 0) cs[i].push(dot, row);
+                });
     }
   } else {
     // matmul() from several of our threads is only right with single-threaded
@@ -678,12 +763,14 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
               while (hit) {
                 int l = __builtin_ctz(hit);
                 hit &= hit - 1;
-                c.push(s[b + l], rb + b + l);
+                if (K[rb + b + l] >= 0) c.push(s[b + l], rb + b + l);
               }
             }
-            for (; b < nr; ++b) c.push(s[b], rb + b);
+            for (; b < nr; ++b)
+              if (K[rb + b] >= 0) c.push(s[b], rb + b);
 #else
-            for (int64_t b = 0; b < nr; ++b) c.push(s[b], rb + b);
+            for (int64_t b = 0; b < nr; ++b)
+              if (K[rb + b] >= 0) c.push(s[b], rb + b);
 #endif
           }
         }
@@ -713,5 +800,7 @@ void FlatIndex::search_chunk(int64_t nq, const float* q, int k, float* distances
     write_row(hits, k, distances + i * k, out_keys + i * k);
   }
 }
+
+}  // namespace
 
 }  // namespace vismem

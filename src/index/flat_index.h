@@ -94,9 +94,6 @@ class FlatIndex : public Index {
   bool reconstruct(int64_t key, float* out) const override;
 
  private:
-  // search() after validation, for at most kSearchChunk queries.
-  void search_chunk(int64_t nq, const float* q, int k, float* distances, int64_t* keys, int threads) const;
-
   int dim_;
   int ld_;  // row stride: dim_ rounded up to 16 (zero padded) so kernels read whole lane blocks
   Options options_;
@@ -108,5 +105,25 @@ class FlatIndex : public Index {
   // candidate margin, never changes a result.
   double max_norm_ = 0.0;
 };
+
+// The same exact search over rows the caller owns (a memory-mapped file, say).
+// x: n * flat_row_stride(dim) float32, row-major, each row zero padded past
+// dim; half: the float16 copy in the same layout, or null; keys: n, where a
+// key < 0 marks a deleted row, which is never returned. max_norm bounds every
+// row's L2 norm (it sizes the rescoring margin; 1 + 1e-5 for normalized rows).
+// Results, errors and determinism are those of FlatIndex::search.
+struct FlatRows {
+  const float* x = nullptr;
+  const uint16_t* half = nullptr;
+  const int64_t* keys = nullptr;
+  int64_t n = 0;
+  double max_norm = 1.0;
+};
+int flat_row_stride(int dim);  // dim rounded up to 16 floats (64 bytes)
+bool flat_f16_supported();     // this build converts float16 (F16C)
+// The float16 copy's rounding (round to nearest even), n values.
+void flat_to_half(const float* x, uint16_t* out, int64_t n);
+void flat_search(const FlatRows& rows, int dim, const FlatIndex::Options& options, int64_t nq, const float* q, int k,
+                 float* distances, int64_t* keys, int threads = 0);
 
 }  // namespace vismem

@@ -1,26 +1,37 @@
 #include "memory.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <filesystem>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <set>
+#include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "error.h"
 #include "flat_index.h"
 #include "prune.h"
-#include <optional>
 
 namespace vismem {
 
 namespace {
+
+namespace fs = std::filesystem;
 
 std::string now_utc() {
   std::time_t t = std::time(nullptr);
@@ -34,10 +45,130 @@ bool file_exists(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0;
 }
 
+std::string errno_text() { return std::strerror(errno); }
+
+// Fault injection for the crash tests: VISMEM_CRASH_AT=NAME makes the process
+// die (as kill -9 would: no cleanup) when it reaches the point NAME.
+void crash_point(const char* name) {
+  static const char* at = std::getenv("VISMEM_CRASH_AT");
+  if (at && std::strcmp(at, name) == 0) ::_exit(137);
+}
+
+// ---------------------------------------------------------------------------
+// The vector files. Each is a 4096-byte header, then one fixed-size record per
+// row: mem.db.vec ld float32 (rows zero padded to 16 floats, 64-byte aligned,
+// the layout flat_search() reads), mem.db.f16 ld float16, mem.db.keys one
+// int64 (the item's insertion sequence, -1 once removed). Rows are only ever
+// appended; the catalog's meta 'rows' says how many are committed, so bytes
+// past it (a killed add) are never read and are cut off by the next writer.
+// ---------------------------------------------------------------------------
+constexpr int64_t kHeader = 4096;
+constexpr char kMagic[8] = {'V', 'I', 'S', 'M', 'E', 'M', 'V', '2'};
+
+struct FileHeader {
+  char magic[8];
+  uint32_t kind;  // 0 f32, 1 f16, 2 keys
+  uint32_t dim;
+  uint32_t ld;
+  uint32_t elem_bytes;
+};
+
+enum VecKind { kF32 = 0, kF16 = 1, kKeys = 2 };
+const char* kSuffix[3] = {".vec", ".f16", ".keys"};
+
+struct Fd {
+  int fd = -1;
+  Fd() = default;
+  explicit Fd(int f) : fd(f) {}
+  Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
+  Fd& operator=(Fd&& o) noexcept {
+    std::swap(fd, o.fd);
+    return *this;
+  }
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+void pwrite_all(int fd, const void* p, size_t n, int64_t off, const std::string& what) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, c, n, off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw Error(what + ": write failed: " + errno_text());
+    }
+    c += w;
+    n -= static_cast<size_t>(w);
+    off += w;
+  }
+}
+
+void sync_fd(int fd, const std::string& what) {
+  if (::fdatasync(fd) != 0) throw Error(what + ": fsync failed: " + errno_text());
+}
+
+// OFD locks on mem.db.lock (per open file description, so each handle and
+// each scan holds its own). Byte 0: one writer at a time, across processes.
+// Byte 1: scans hold it shared; a scrub takes it exclusively, so a scan never
+// reads a row half overwritten.
+class FileLock {
+ public:
+  FileLock(const std::string& lock_path, int byte, bool exclusive, bool wait = true) {
+    fd_ = Fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (fd_.fd < 0) throw Error(lock_path + ": cannot open the lock file: " + errno_text());
+    struct flock fl {};
+    fl.l_type = exclusive ? F_WRLCK : F_RDLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = byte;
+    fl.l_len = 1;
+    for (;;) {
+      if (::fcntl(fd_.fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0) {
+        held_ = true;
+        return;
+      }
+      if (errno == EINTR) continue;
+      if (!wait && (errno == EAGAIN || errno == EACCES)) return;
+      throw Error(lock_path + ": cannot lock: " + errno_text());
+    }
+  }
+  bool held() const { return held_; }
+
+ private:
+  Fd fd_;  // closing it releases the lock
+  bool held_ = false;
+};
+
+// A read-only shared mapping of the first `bytes` of a file.
+struct Map {
+  void* p = nullptr;
+  size_t bytes = 0;
+  Map() = default;
+  Map(const Map&) = delete;
+  Map& operator=(const Map&) = delete;
+  ~Map() {
+    if (p) ::munmap(p, bytes);
+  }
+};
+
+// The three mappings a search reads; shared so a scan in progress keeps the
+// one it started with while another thread maps a larger one.
+struct Mapping {
+  int64_t rows = 0;
+  Map f32, f16, keys;
+  const float* x() const { return reinterpret_cast<const float*>(static_cast<const char*>(f32.p) + kHeader); }
+  const uint16_t* half() const {
+    return f16.p ? reinterpret_cast<const uint16_t*>(static_cast<const char*>(f16.p) + kHeader) : nullptr;
+  }
+  const int64_t* key() const { return reinterpret_cast<const int64_t*>(static_cast<const char*>(keys.p) + kHeader); }
+};
+
 }  // namespace
 
-// The SQLite connection and the statements used on hot paths.
-struct Memory::Db {
+// ---------------------------------------------------------------------------
+// The catalog connection.
+// ---------------------------------------------------------------------------
+struct Db {
   sqlite3* h = nullptr;
   std::string path;
   ~Db() {
@@ -61,17 +192,14 @@ namespace {
 // A prepared statement; finalized on scope exit.
 struct Stmt {
   sqlite3_stmt* s = nullptr;
-  const Memory::Db* db;
-  Stmt(const Memory::Db& d, const char* sql) : db(&d) {
+  const Db* db;
+  Stmt(const Db& d, const char* sql) : db(&d) {
     if (sqlite3_prepare_v2(d.h, sql, -1, &s, nullptr) != SQLITE_OK) d.fail(std::string("prepare ") + sql);
   }
+  Stmt(const Stmt&) = delete;
   ~Stmt() { sqlite3_finalize(s); }
   Stmt& text(int i, const std::string& v) {
     sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& blob(int i, const void* p, size_t n) {
-    sqlite3_bind_blob(s, i, p, static_cast<int>(n), SQLITE_STATIC);
     return *this;
   }
   Stmt& i64(int i, int64_t v) {
@@ -88,22 +216,27 @@ struct Stmt {
     if (rc == SQLITE_DONE) return false;
     db->fail("step");
   }
-  void run() {
-    step();
+  void reset() {
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
+  }
+  void run() {
+    step();
+    reset();
   }
   std::string col_text(int i) const {
     auto p = sqlite3_column_text(s, i);
     return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(s, i)) : std::string();
   }
+  int64_t col_i64(int i) const { return sqlite3_column_int64(s, i); }
+  double col_real(int i) const { return sqlite3_column_double(s, i); }
 };
 
-// A transaction: rolled back unless commit() is reached.
+// A write transaction: rolled back unless commit() is reached.
 struct Txn {
-  const Memory::Db& db;
+  const Db& db;
   bool done = false;
-  explicit Txn(const Memory::Db& d) : db(d) { db.exec("BEGIN IMMEDIATE"); }
+  explicit Txn(const Db& d) : db(d) { db.exec("BEGIN IMMEDIATE"); }
   void commit() {
     db.exec("COMMIT");
     done = true;
@@ -113,23 +246,339 @@ struct Txn {
   }
 };
 
-std::unique_ptr<Memory::Db> open_db(const std::string& path, bool create) {
-  auto db = std::make_unique<Memory::Db>();
+std::unique_ptr<Db> open_db(const std::string& path, bool create) {
+  auto db = std::make_unique<Db>();
   db->path = path;
-  // FULLMUTEX (serialized): the const accessors that read the file (info(),
-  // image_roots(), ...) may run on several threads at once, e.g. in the HTTP service.
+  // FULLMUTEX (serialized): the const accessors may run on several threads at once (the HTTP service).
   int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_FULLMUTEX;
   if (sqlite3_open_v2(path.c_str(), &db->h, flags, nullptr) != SQLITE_OK) db->fail("cannot open memory");
   sqlite3_busy_timeout(db->h, 10000);
-  // secure_delete: removed items' bytes are overwritten, not just unlinked (unlearning).
+  // Connection settings only: nothing here writes to the file.
+  // secure_delete: removed items' catalog bytes are overwritten, not just unlinked (unlearning).
   db->exec("PRAGMA secure_delete=ON");
-  db->exec("PRAGMA journal_mode=WAL");
-  // FULL: a committed add survives power loss, not only a killed process.
+  // FULL: a committed write survives power loss, not only a killed process.
   db->exec("PRAGMA synchronous=FULL");
   return db;
 }
 
+bool has_table(const Db& db, const char* name) {
+  Stmt s(db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?");
+  s.text(1, name);
+  s.step();
+  return sqlite3_column_int(s.s, 0) > 0;
+}
+
+const char* kItemCols =
+    "SELECT items.seq, id, label, row, reliability, wrong, correct, coalesce(prune_kth.kth, -1) FROM items "
+    "LEFT JOIN prune_kth ON prune_kth.seq = items.seq ";
+
+ItemInfo read_item(const Stmt& s) {
+  ItemInfo it;
+  it.seq = s.col_i64(0);
+  it.id = s.col_text(1);
+  it.label = s.col_text(2);
+  it.row = s.col_i64(3);
+  it.reliability = s.col_real(4);
+  it.wrong = s.col_i64(5);
+  it.correct = s.col_i64(6);
+  it.kth = s.col_real(7);
+  return it;
+}
+
 }  // namespace
+
+// What a handle knows of the committed state (refreshed when data_version moves).
+struct State {
+  int64_t rows = 0, items = 0, generation = 0;
+  std::string prune_mode = "none";
+  double prune_threshold = 0;
+  std::vector<int64_t> pending;  // rows removed in the catalog, not yet scrubbed (never answered)
+};
+
+struct Memory::Impl {
+  std::string path;
+  std::unique_ptr<Db> db;
+  int dim = 0, ld = 0;
+  bool f16 = false;
+
+  mutable int writer_depth = 0;  // > 0 while this handle holds the writer lock (writes nest: add -> set_counts)
+
+  mutable std::mutex mu;  // guards everything below
+  mutable int64_t data_version = -1;
+  mutable State st;
+  mutable std::shared_ptr<Mapping> map;
+  mutable std::unordered_map<int64_t, ItemInfo> by_seq;  // items read so far (a cache)
+  mutable std::unordered_map<std::string, int64_t> seq_of;
+  mutable std::unique_ptr<Stmt> q_by_seq, q_by_id;  // prepared once: resolving neighbors is per result
+
+  std::string file(VecKind k) const { return path + kSuffix[k]; }
+  std::string lock_path() const { return path + ".lock"; }
+  int64_t record_bytes(VecKind k) const {
+    return k == kF32 ? int64_t{4} * ld : k == kF16 ? int64_t{2} * ld : int64_t{8};
+  }
+
+  std::string meta(const std::string& key, const std::string& fallback = "") const {
+    Stmt s(*db, "SELECT value FROM meta WHERE key=?");
+    s.text(1, key);
+    return s.step() ? s.col_text(0) : fallback;
+  }
+  void set_meta(const std::string& key, const std::string& value) const {
+    Stmt s(*db, "INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
+    s.text(1, key).text(2, value).run();
+  }
+  void touch() const {  // inside a write transaction
+    set_meta("generation", std::to_string(std::stoll(meta("generation", "0")) + 1));
+    set_meta("updated_at", now_utc());
+  }
+
+  int64_t read_data_version() const {
+    Stmt s(*db, "PRAGMA data_version");
+    s.step();
+    return s.col_i64(0);
+  }
+
+  // Catches up with the latest committed state (caller holds mu). Cheap when
+  // nothing changed: one PRAGMA, no file read.
+  void refresh_locked(bool force) const {
+    int64_t v = read_data_version();
+    if (!force && v == data_version && map) return;
+    std::map<std::string, std::string> m;
+    {
+      Stmt s(*db, "SELECT key, value FROM meta");
+      while (s.step()) m[s.col_text(0)] = s.col_text(1);
+    }
+    auto get = [&](const char* k, const char* def) { return m.count(k) ? m[k] : std::string(def); };
+    State ns;
+    ns.rows = std::stoll(get("rows", "0"));
+    ns.items = std::stoll(get("items", "0"));
+    ns.generation = std::stoll(get("generation", "0"));
+    ns.prune_mode = get("pruning_mode", "none");
+    ns.prune_threshold = std::stod(get("pruning_threshold", "0"));
+    {
+      Stmt s(*db, "SELECT row FROM scrub ORDER BY row");
+      while (s.step()) ns.pending.push_back(s.col_i64(0));
+    }
+    // Items may have changed (labels by upsert, counts by prune): drop the cache.
+    by_seq.clear();
+    seq_of.clear();
+    if (!map || map->rows < ns.rows || (map->f16.p == nullptr) != !f16) map = map_files(ns.rows);
+    st = std::move(ns);
+    data_version = v;
+  }
+  void refresh(bool force = false) const {
+    std::lock_guard<std::mutex> g(mu);
+    refresh_locked(force);
+  }
+  void invalidate() const {
+    std::lock_guard<std::mutex> g(mu);
+    data_version = -1;
+  }
+
+  std::shared_ptr<Mapping> map_files(int64_t rows) const {
+    auto m = std::make_shared<Mapping>();
+    m->rows = rows;
+    if (rows == 0) return m;
+    for (VecKind k : {kF32, kF16, kKeys}) {
+      if (k == kF16 && !f16) continue;
+      const std::string p = file(k);
+      Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+      if (fd.fd < 0) throw Error(p + ": cannot open the vector file: " + errno_text());
+      struct stat sb;
+      if (::fstat(fd.fd, &sb) != 0) throw Error(p + ": " + errno_text());
+      const int64_t need = kHeader + rows * record_bytes(k);
+      if (sb.st_size < need)
+        throw Error(p + ": vector file is truncated (" + std::to_string(sb.st_size) + " bytes, the catalog needs " +
+                    std::to_string(need) + ")");
+      Map& mm = k == kF32 ? m->f32 : k == kF16 ? m->f16 : m->keys;
+      void* p0 = ::mmap(nullptr, static_cast<size_t>(need), PROT_READ, MAP_SHARED, fd.fd, 0);
+      if (p0 == MAP_FAILED) throw Error(p + ": cannot map the vector file: " + errno_text());
+      mm.p = p0;
+      mm.bytes = static_cast<size_t>(need);
+      check_header(p, static_cast<const char*>(p0), k);
+    }
+    return m;
+  }
+
+  void check_header(const std::string& p, const char* bytes, VecKind k) const {
+    FileHeader h;
+    std::memcpy(&h, bytes, sizeof h);
+    if (std::memcmp(h.magic, kMagic, 8) != 0 || h.kind != static_cast<uint32_t>(k))
+      throw Error(p + ": not a vismem vector file (bad header)");
+    if (h.dim != static_cast<uint32_t>(dim) || h.ld != static_cast<uint32_t>(ld))
+      throw Error(p + ": vector file is for dimension " + std::to_string(h.dim) + ", the catalog says " +
+                  std::to_string(dim));
+  }
+
+  // Creates a vector file with its header (or checks an existing one).
+  void ensure_file(VecKind k) const {
+    const std::string p = file(k);
+    Fd fd(::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (fd.fd < 0) throw Error(p + ": cannot create the vector file: " + errno_text());
+    struct stat sb;
+    if (::fstat(fd.fd, &sb) != 0) throw Error(p + ": " + errno_text());
+    if (sb.st_size >= kHeader) {
+      char buf[sizeof(FileHeader)];
+      if (::pread(fd.fd, buf, sizeof buf, 0) != static_cast<ssize_t>(sizeof buf)) throw Error(p + ": cannot read header");
+      check_header(p, buf, k);
+      return;
+    }
+    std::vector<char> header(kHeader, 0);
+    FileHeader h{};
+    std::memcpy(h.magic, kMagic, 8);
+    h.kind = k;
+    h.dim = static_cast<uint32_t>(dim);
+    h.ld = static_cast<uint32_t>(ld);
+    h.elem_bytes = k == kF32 ? 4 : k == kF16 ? 2 : 8;
+    std::memcpy(header.data(), &h, sizeof h);
+    pwrite_all(fd.fd, header.data(), header.size(), 0, p);
+    sync_fd(fd.fd, p);
+  }
+
+  Fd open_rw(VecKind k) const {
+    Fd fd(::open(file(k).c_str(), O_RDWR | O_CLOEXEC));
+    if (fd.fd < 0) throw Error(file(k) + ": cannot open the vector file for writing: " + errno_text());
+    return fd;
+  }
+
+  // Cuts bytes past the committed rows (left by a killed add): caller is the writer.
+  void truncate_to(int64_t rows) const {
+    for (VecKind k : {kF32, kF16, kKeys}) {
+      if (k == kF16 && !f16) continue;
+      if (!file_exists(file(k))) continue;
+      Fd fd = open_rw(k);
+      struct stat sb;
+      if (::fstat(fd.fd, &sb) != 0) throw Error(file(k) + ": " + errno_text());
+      const int64_t want = kHeader + rows * record_bytes(k);
+      if (sb.st_size > want) {
+        if (::ftruncate(fd.fd, want) != 0) throw Error(file(k) + ": cannot truncate: " + errno_text());
+        sync_fd(fd.fd, file(k));
+      }
+    }
+  }
+
+  // Overwrites the rows listed in the scrub table in every vector file, syncs,
+  // then clears the list and truncates the WAL. Caller is the writer.
+  void scrub() const {
+    std::vector<int64_t> rows;
+    {
+      Stmt s(*db, "SELECT row FROM scrub ORDER BY row");
+      while (s.step()) rows.push_back(s.col_i64(0));
+    }
+    if (!rows.empty()) {
+      FileLock fence(lock_path(), 1, /*exclusive=*/true);  // waits for scans in progress
+      const std::vector<char> zeros(static_cast<size_t>(record_bytes(kF32)), 0);
+      const int64_t gone = -1;
+      for (VecKind k : {kF32, kF16, kKeys}) {
+        if (k == kF16 && !f16) continue;
+        Fd fd = open_rw(k);
+        for (int64_t r : rows) {
+          crash_point("scrub");
+          const int64_t off = kHeader + r * record_bytes(k);
+          if (k == kKeys) pwrite_all(fd.fd, &gone, sizeof gone, off, file(k));
+          else pwrite_all(fd.fd, zeros.data(), static_cast<size_t>(record_bytes(k)), off, file(k));
+        }
+        sync_fd(fd.fd, file(k));
+      }
+    }
+    {
+      Txn t(*db);
+      db->exec("DELETE FROM scrub");
+      set_meta("catalog_scrub", "1");
+      t.commit();
+    }
+    invalidate();
+    checkpoint_or_defer();
+  }
+
+  // Truncates the WAL so no page of a removed item's catalog row stays there.
+  // A reader holding an old snapshot blocks that; then it is left to the next
+  // write or open (meta catalog_scrub), never reported as a failed removal.
+  bool checkpoint_or_defer(int wait_ms = 1000) const {
+    int log = 0, ckpt = 0;
+    sqlite3_busy_timeout(db->h, wait_ms);
+    int rc = sqlite3_wal_checkpoint_v2(db->h, nullptr, SQLITE_CHECKPOINT_TRUNCATE, &log, &ckpt);
+    sqlite3_busy_timeout(db->h, 10000);
+    if (rc != SQLITE_OK) return false;
+    // The flag itself goes through the WAL: clear it and truncate again.
+    if (meta("catalog_scrub", "0") != "0") {
+      Txn t(*db);
+      set_meta("catalog_scrub", "0");
+      t.commit();
+      sqlite3_wal_checkpoint_v2(db->h, nullptr, SQLITE_CHECKPOINT_TRUNCATE, &log, &ckpt);
+    }
+    return true;
+  }
+
+  // Unfinished business of a process that died: a scrub after its commit, or
+  // rows past the committed end. Run by open() and by every writer.
+  void recover(bool have_writer_lock) const {
+    bool pending = false, catalog = false;
+    {
+      Stmt s(*db, "SELECT count(*) FROM scrub");
+      s.step();
+      pending = s.col_i64(0) > 0;
+    }
+    catalog = meta("catalog_scrub", "0") != "0";
+    std::optional<FileLock> wl;
+    if (!have_writer_lock) {
+      // A pending scrub must finish before this open answers: wait for the writer lock.
+      wl.emplace(lock_path(), 0, true, /*wait=*/pending);
+      if (!wl->held()) return;  // a live writer holds it: it recovers itself
+    }
+    if (pending || catalog) scrub();
+    truncate_to(std::stoll(meta("rows", "0")));
+  }
+
+  // seq -> item, through the cache (caller holds mu).
+  const ItemInfo* by_seq_locked(int64_t seq) const {
+    auto it = by_seq.find(seq);
+    if (it != by_seq.end()) return &it->second;
+    if (!q_by_seq) q_by_seq = std::make_unique<Stmt>(*db, (std::string(kItemCols) + "WHERE items.seq=?").c_str());
+    Stmt& s = *q_by_seq;
+    s.i64(1, seq);
+    const bool found = s.step();
+    ItemInfo info;
+    if (found) info = read_item(s);
+    s.reset();
+    if (!found) return nullptr;
+    seq_of[info.id] = seq;
+    return &by_seq.emplace(seq, std::move(info)).first->second;
+  }
+  std::optional<ItemInfo> by_id_locked(const std::string& id) const {
+    auto it = seq_of.find(id);
+    if (it != seq_of.end()) return by_seq.at(it->second);
+    if (!q_by_id) q_by_id = std::make_unique<Stmt>(*db, (std::string(kItemCols) + "WHERE id=?").c_str());
+    Stmt& s = *q_by_id;
+    s.text(1, id);
+    const bool found = s.step();
+    ItemInfo info;
+    if (found) info = read_item(s);
+    s.reset();
+    if (!found) return std::nullopt;
+    seq_of[info.id] = info.seq;
+    by_seq.emplace(info.seq, info);
+    return info;
+  }
+};
+
+namespace {
+
+// The writer lock for this handle; nested writes (an add's count upkeep
+// calling set_counts) reuse the one already held.
+struct WriterGuard {
+  const Memory::Impl& impl;
+  std::optional<FileLock> lock;
+  explicit WriterGuard(const Memory::Impl& i) : impl(i) {
+    if (impl.writer_depth == 0) lock.emplace(impl.lock_path(), 0, true);
+    ++impl.writer_depth;
+  }
+  ~WriterGuard() { --impl.writer_depth; }
+  WriterGuard(const WriterGuard&) = delete;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
 
 void l2_normalize_rows(float* x, int64_t n, int d, const std::string& what) {
   for (int64_t i = 0; i < n; ++i) {
@@ -146,100 +595,248 @@ void l2_normalize_rows(float* x, int64_t n, int d, const std::string& what) {
   }
 }
 
+Memory::Memory() : impl_(std::make_unique<Impl>()) {}
 Memory::Memory(Memory&&) noexcept = default;
 Memory& Memory::operator=(Memory&&) noexcept = default;
 Memory::~Memory() = default;
 
-bool has_table(const Memory::Db& db, const char* name) {
-  Stmt s(db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?");
-  s.text(1, name);
-  s.step();
-  return sqlite3_column_int(s.s, 0) > 0;
+std::vector<std::string> Memory::files(const std::string& path) {
+  return {path, path + "-wal", path + "-shm", path + ".vec", path + ".f16", path + ".keys", path + ".lock"};
 }
+
+void Memory::remove_files(const std::string& path) {
+  for (const auto& f : files(path)) {
+    std::error_code ec;
+    fs::remove(f, ec);
+  }
+}
+
+void Memory::rename_files(const std::string& from, const std::string& to) {
+  // The catalog last: until it moves, `to` is no memory at all.
+  auto src = files(from), dst = files(to);
+  for (size_t i = src.size(); i-- > 0;)
+    if (file_exists(src[i])) fs::rename(src[i], dst[i]);
+}
+
+void Memory::copy_files(const std::string& from, const std::string& to) {
+  auto src = files(from), dst = files(to);
+  for (size_t i = 0; i < src.size(); ++i)
+    if (file_exists(src[i]) && src[i].find(".lock") == std::string::npos)
+      fs::copy_file(src[i], dst[i], fs::copy_options::overwrite_existing);
+}
+
+namespace {
+
+void create_schema(const Db& db) {
+  db.exec(
+      "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+      "CREATE TABLE items("
+      "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"  // insertion order, never reused
+      "  id TEXT NOT NULL UNIQUE,"
+      "  label TEXT NOT NULL,"
+      "  row INTEGER NOT NULL,"                   // its row in mem.db.vec / .f16 / .keys
+      "  reliability REAL NOT NULL DEFAULT 1.0,"
+      "  wrong INTEGER NOT NULL DEFAULT 0,"
+      "  correct INTEGER NOT NULL DEFAULT 0,"
+      "  added_at TEXT NOT NULL);"
+      "CREATE TABLE labels(label TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+      "CREATE TABLE scrub(row INTEGER PRIMARY KEY);"
+      "CREATE TABLE IF NOT EXISTS prune_kth(seq INTEGER PRIMARY KEY, kth REAL NOT NULL);");
+}
+
+// The first bytes of every SQLite database file.
+bool looks_like_sqlite(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  char buf[16] = {};
+  size_t n = std::fread(buf, 1, 16, f);
+  std::fclose(f);
+  return n == 16 && std::memcmp(buf, "SQLite format 3\0", 16) == 0;
+}
+
+}  // namespace
 
 Memory Memory::create(const std::string& path, const CreateOptions& opt) {
   if (opt.dim <= 0 || opt.dim > 65536) throw Error("memory dimension must be in 1..65536, got " + std::to_string(opt.dim));
   if (file_exists(path)) throw Error(path + " already exists (open it, or remove it first)");
+  if (opt.f16 && !flat_f16_supported()) throw Error("--f16 needs a build with F16C (an x86-64-v3 CPU)");
   Memory m;
-  m.db_ = open_db(path, true);
-  m.path_ = path;
-  {
-    Txn t(*m.db_);
-    m.db_->exec(
-        "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-        "CREATE TABLE items("
-        "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"  // insertion order, never reused
-        "  id TEXT NOT NULL UNIQUE,"
-        "  label TEXT NOT NULL,"
-        "  embedding BLOB NOT NULL,"                // dim float32 little-endian, L2-normalized
-        "  reliability REAL NOT NULL DEFAULT 1.0,"
-        "  wrong INTEGER NOT NULL DEFAULT 0,"
-        "  correct INTEGER NOT NULL DEFAULT 0,"
-        "  added_at TEXT NOT NULL);");
-    std::string now = now_utc();
-    m.set_meta("format_version", std::to_string(format_version));
-    m.set_meta("dim", std::to_string(opt.dim));
-    m.set_meta("model_id", opt.model_id);
-    m.set_meta("fingerprint", opt.fingerprint);
-    m.set_meta("model_path", opt.model_path);
-    m.set_meta("created_at", now);
-    m.set_meta("updated_at", now);
-    m.set_meta("generation", "0");
-    m.set_meta("counts_generation", "-1");
-    m.set_meta("counts_k", "0");
-    m.set_meta("pruning_mode", "none");
-    m.set_meta("pruning_threshold", "0");
-    t.commit();
+  Impl& I = *m.impl_;
+  I.path = path;
+  I.dim = opt.dim;
+  I.ld = flat_row_stride(opt.dim);
+  I.f16 = opt.f16;
+  // Stale side files of an earlier memory at this path (its catalog deleted by hand) must not be adopted.
+  for (size_t i = 1; i < files(path).size(); ++i) {
+    std::error_code ec;
+    fs::remove(files(path)[i], ec);
   }
-  m.load();
+  try {
+    I.ensure_file(kF32);
+    I.ensure_file(kKeys);
+    if (opt.f16) I.ensure_file(kF16);
+    I.db = open_db(path, true);
+    I.db->exec("PRAGMA journal_mode=WAL");
+    Txn t(*I.db);
+    create_schema(*I.db);
+    std::string now = now_utc();
+    for (auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
+             {"format_version", std::to_string(format_version)},
+             {"dim", std::to_string(opt.dim)},
+             {"model_id", opt.model_id},
+             {"fingerprint", opt.fingerprint},
+             {"model_path", opt.model_path},
+             {"created_at", now},
+             {"updated_at", now},
+             {"generation", "0"},
+             {"counts_generation", "-1"},
+             {"counts_k", "0"},
+             {"pruning_mode", "none"},
+             {"pruning_threshold", "0"},
+             {"rows", "0"},
+             {"items", "0"},
+             {"f16", opt.f16 ? "1" : "0"}})
+      I.set_meta(k, v);
+    t.commit();
+  } catch (...) {
+    I.db.reset();
+    remove_files(path);
+    throw;
+  }
+  I.refresh(true);
   return m;
 }
 
 Memory Memory::open(const std::string& path) {
   if (!file_exists(path)) throw Error(path + ": no such memory (create it with `vismem create`)");
+  // Checked before SQLite opens it, and before any setting is written: a
+  // command that rejects a file leaves it exactly as it was.
+  if (!looks_like_sqlite(path)) throw Error(path + ": not a vismem memory (not an SQLite file)");
   Memory m;
-  m.db_ = open_db(path, false);
-  m.path_ = path;
+  Impl& I = *m.impl_;
+  I.path = path;
+  I.db = open_db(path, false);
   {
-    Stmt s(*m.db_, "SELECT count(*) FROM sqlite_master WHERE name IN ('meta','items')");
+    Stmt s(*I.db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN ('meta','items')");
     s.step();
     if (sqlite3_column_int(s.s, 0) != 2) throw Error(path + ": not a vismem memory (no meta/items tables)");
   }
-  int v = std::stoi(m.meta("format_version", "0"));
+  int v = std::stoi(I.meta("format_version", "0"));
+  if (v == 1)
+    throw Error(path + ": memory format version 1 (vectors inside the catalog); run `vismem migrate " + path +
+                "` once to upgrade it to version " + std::to_string(format_version));
   if (v != format_version)
     throw Error(path + ": memory format version " + std::to_string(v) + ", this vismem reads version " +
                 std::to_string(format_version));
-  m.load();
+  I.dim = std::stoi(I.meta("dim", "0"));
+  if (I.dim <= 0 || I.dim > 65536) throw Error(path + ": memory has no valid dimension");
+  I.ld = flat_row_stride(I.dim);
+  I.f16 = I.meta("f16", "0") == "1";
+  I.db->exec("PRAGMA journal_mode=WAL");
+  I.recover(/*have_writer_lock=*/false);
+  I.refresh(true);
   return m;
 }
 
-std::string Memory::meta(const std::string& key, const std::string& fallback) const {
-  Stmt s(*db_, "SELECT value FROM meta WHERE key=?");
-  s.text(1, key);
-  return s.step() ? s.col_text(0) : fallback;
+bool Memory::migrate(const std::string& path) {
+  if (!file_exists(path)) throw Error(path + ": no such memory");
+  if (!looks_like_sqlite(path)) throw Error(path + ": not a vismem memory (not an SQLite file)");
+  Impl I;
+  I.path = path;
+  I.db = open_db(path, false);
+  if (!has_table(*I.db, "meta") || !has_table(*I.db, "items")) throw Error(path + ": not a vismem memory");
+  FileLock wl(I.lock_path(), 0, true);
+  int v = std::stoi(I.meta("format_version", "0"));
+  if (v == format_version) return false;
+  if (v != 1) throw Error(path + ": memory format version " + std::to_string(v) + " cannot be migrated");
+  I.db->exec("PRAGMA journal_mode=WAL");
+  I.dim = std::stoi(I.meta("dim", "0"));
+  if (I.dim <= 0 || I.dim > 65536) throw Error(path + ": memory has no valid dimension");
+  I.ld = flat_row_stride(I.dim);
+  // 1. The vector files, from the blobs in insertion order (fresh files: a
+  //    migration killed earlier left only files the catalog never referenced).
+  for (VecKind k : {kF32, kKeys}) {
+    std::error_code ec;
+    fs::remove(I.file(k), ec);
+    I.ensure_file(k);
+  }
+  int64_t rows = 0;
+  std::vector<std::pair<int64_t, int64_t>> seq_row;
+  {
+    Fd vf = I.open_rw(kF32), kf = I.open_rw(kKeys);
+    Stmt s(*I.db, "SELECT seq, id, embedding FROM items ORDER BY seq");
+    std::vector<float> rec(static_cast<size_t>(I.ld), 0.0f);
+    while (s.step()) {
+      const int64_t seq = s.col_i64(0);
+      const int bytes = sqlite3_column_bytes(s.s, 2);
+      if (bytes != I.dim * 4) throw Error(path + ": item '" + s.col_text(1) + "' has a corrupt embedding");
+      std::memcpy(rec.data(), sqlite3_column_blob(s.s, 2), static_cast<size_t>(bytes));
+      pwrite_all(vf.fd, rec.data(), rec.size() * 4, kHeader + rows * I.record_bytes(kF32), I.file(kF32));
+      pwrite_all(kf.fd, &seq, 8, kHeader + rows * 8, I.file(kKeys));
+      seq_row.emplace_back(seq, rows++);
+    }
+    sync_fd(vf.fd, I.file(kF32));
+    sync_fd(kf.fd, I.file(kKeys));
+  }
+  // 2. One transaction switches the catalog to format 2 (secure_delete zeroes the blobs' pages).
+  {
+    Txn t(*I.db);
+    I.db->exec(
+        "CREATE TABLE items2(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, label TEXT NOT NULL,"
+        " row INTEGER NOT NULL, reliability REAL NOT NULL DEFAULT 1.0, wrong INTEGER NOT NULL DEFAULT 0,"
+        " correct INTEGER NOT NULL DEFAULT 0, added_at TEXT NOT NULL);"
+        "CREATE TEMP TABLE seq_row(seq INTEGER PRIMARY KEY, row INTEGER NOT NULL);");
+    {
+      Stmt ins(*I.db, "INSERT INTO seq_row(seq,row) VALUES(?,?)");
+      for (auto& [seq, row] : seq_row) ins.i64(1, seq).i64(2, row).run();
+    }
+    I.db->exec(
+        "INSERT INTO items2(seq,id,label,row,reliability,wrong,correct,added_at)"
+        " SELECT i.seq, i.id, i.label, r.row, i.reliability, i.wrong, i.correct, i.added_at"
+        " FROM items i JOIN seq_row r ON r.seq = i.seq;"
+        "DROP TABLE items; ALTER TABLE items2 RENAME TO items; DROP TABLE temp.seq_row;"
+        "CREATE TABLE labels(label TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO labels SELECT label, count(*) FROM items GROUP BY label;"
+        "CREATE TABLE scrub(row INTEGER PRIMARY KEY);"
+        "CREATE TABLE IF NOT EXISTS prune_kth(seq INTEGER PRIMARY KEY, kth REAL NOT NULL);");
+    I.set_meta("rows", std::to_string(rows));
+    I.set_meta("items", std::to_string(rows));
+    I.set_meta("f16", "0");
+    I.set_meta("format_version", std::to_string(format_version));
+    t.commit();
+  }
+  // 3. Compact the catalog (the blobs' pages are free now) and truncate the WAL.
+  I.db->exec("VACUUM");
+  I.checkpoint_or_defer();
+  return true;
 }
 
-void Memory::set_meta(const std::string& key, const std::string& value) {
-  Stmt s(*db_, "INSERT INTO meta(key,value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
-  s.text(1, key).text(2, value).run();
+std::vector<std::string> Memory::owned_files() const {
+  std::vector<std::string> out;
+  for (const auto& f : files(impl_->path))
+    if (file_exists(f)) out.push_back(f);
+  return out;
 }
 
 void Memory::add_image_root(const std::string& dir) {
   std::error_code ec;
-  std::string abs = std::filesystem::absolute(dir, ec).lexically_normal().string();
+  std::string abs = fs::absolute(dir, ec).lexically_normal().string();
   if (ec) throw Error(dir + ": " + ec.message());
   while (abs.size() > 1 && abs.back() == '/') abs.pop_back();
+  WriterGuard wl(*impl_);
   auto roots = image_roots();
   if (std::find(roots.begin(), roots.end(), abs) != roots.end()) return;
   roots.push_back(abs);
   std::string v;
   for (auto& r : roots) v += r + "\n";
-  set_meta("image_roots", v);
+  Txn t(*impl_->db);
+  impl_->set_meta("image_roots", v);
+  t.commit();
 }
 
 std::vector<std::string> Memory::image_roots() const {
   std::vector<std::string> out;
-  std::string v = meta("image_roots"), line;
+  std::string v = impl_->meta("image_roots"), line;
   for (char c : v) {
     if (c == '\n') {
       if (!line.empty()) out.push_back(line);
@@ -254,380 +851,482 @@ std::vector<std::string> Memory::image_roots() const {
 
 std::optional<std::string> Memory::find_image(const std::string& id) const {
   for (auto& r : image_roots()) {
-    std::filesystem::path p = std::filesystem::path(r) / id;
+    fs::path p = fs::path(r) / id;
     std::error_code ec;
-    if (std::filesystem::is_regular_file(p, ec)) return p.string();
+    if (fs::is_regular_file(p, ec)) return p.string();
   }
   return std::nullopt;
 }
 
-void Memory::touch() {
-  set_meta("generation", std::to_string(std::stoll(meta("generation", "0")) + 1));
-  set_meta("updated_at", now_utc());
+int Memory::dim() const { return impl_->dim; }
+
+int64_t Memory::size() const {
+  std::lock_guard<std::mutex> g(impl_->mu);
+  impl_->refresh_locked(false);
+  return impl_->st.items;
 }
 
-void Memory::load() {
-  dim_ = std::stoi(meta("dim", "0"));
-  if (dim_ <= 0) throw Error(path_ + ": memory has no valid dimension");
-  prune_mode_ = meta("pruning_mode", "none");
-  prune_threshold_ = std::stod(meta("pruning_threshold", "0"));
-  index_ = std::make_unique<FlatIndex>(dim_);
-  by_seq_.clear();
-  seq_of_.clear();
-  Stmt s(*db_, "SELECT seq, id, label, embedding, reliability, wrong, correct FROM items ORDER BY seq");
-  const int64_t chunk = 4096;
-  std::vector<float> x;
-  std::vector<int64_t> keys;
-  x.reserve(chunk * dim_);
-  auto flush = [&] {
-    if (!keys.empty()) index_->add(static_cast<int64_t>(keys.size()), x.data(), keys.data());
-    x.clear();
-    keys.clear();
-  };
-  while (s.step()) {
-    ItemInfo it;
-    it.seq = sqlite3_column_int64(s.s, 0);
-    it.id = s.col_text(1);
-    it.label = s.col_text(2);
-    const void* blob = sqlite3_column_blob(s.s, 3);
-    int bytes = sqlite3_column_bytes(s.s, 3);
-    if (bytes != dim_ * 4) throw Error(path_ + ": item '" + it.id + "' has a corrupt embedding (" + std::to_string(bytes) + " bytes)");
-    it.reliability = sqlite3_column_double(s.s, 4);
-    it.wrong = sqlite3_column_int64(s.s, 5);
-    it.correct = sqlite3_column_int64(s.s, 6);
-    size_t off = x.size();
-    x.resize(off + dim_);
-    std::memcpy(x.data() + off, blob, bytes);
-    keys.push_back(it.seq);
-    seq_of_[it.id] = it.seq;
-    by_seq_.emplace(it.seq, std::move(it));
-    if (static_cast<int64_t>(keys.size()) == chunk) flush();
-  }
-  flush();
-  if (has_table(*db_, "prune_kth")) {
-    Stmt k(*db_, "SELECT seq, kth FROM prune_kth");
-    while (k.step()) {
-      auto it = by_seq_.find(sqlite3_column_int64(k.s, 0));
-      if (it != by_seq_.end()) it->second.kth = sqlite3_column_double(k.s, 1);
-    }
-  }
-}
+const std::string& Memory::path() const { return impl_->path; }
 
-int Memory::dim() const { return dim_; }
-int64_t Memory::size() const { return static_cast<int64_t>(by_seq_.size()); }
-const std::string& Memory::path() const { return path_; }
+std::string Memory::pruning_mode() const {
+  std::lock_guard<std::mutex> g(impl_->mu);
+  impl_->refresh_locked(false);
+  return impl_->st.prune_mode;
+}
 
 MemoryInfo Memory::info() const {
+  const Impl& I = *impl_;
+  std::map<std::string, std::string> m;
+  {
+    Stmt s(*I.db, "SELECT key, value FROM meta");
+    while (s.step()) m[s.col_text(0)] = s.col_text(1);
+  }
+  auto get = [&](const char* k, const char* def) { return m.count(k) ? m[k] : std::string(def); };
   MemoryInfo i;
-  i.path = path_;
-  i.dim = dim_;
-  i.items = size();
-  i.labels = static_cast<int64_t>(labels().size());
-  i.model_id = meta("model_id");
-  i.fingerprint = meta("fingerprint");
-  i.model_path = meta("model_path");
-  i.format_version = std::stoi(meta("format_version", "0"));
-  i.created_at = meta("created_at");
-  i.updated_at = meta("updated_at");
-  i.generation = std::stoll(meta("generation", "0"));
-  i.counts_generation = std::stoll(meta("counts_generation", "-1"));
-  i.counts_k = std::stoi(meta("counts_k", "0"));
-  i.pruning_mode = prune_mode_;
-  i.pruning_threshold = prune_threshold_;
-  i.ood_k = std::stoi(meta("ood_k", "0"));
-  i.ood_threshold = std::stod(meta("ood_threshold", "0"));
-  i.ood_fpr = std::stod(meta("ood_fpr", "0"));
-  i.ood_generation = std::stoll(meta("ood_generation", "-1"));
+  i.path = I.path;
+  i.dim = I.dim;
+  i.items = std::stoll(get("items", "0"));
+  {
+    Stmt s(*I.db, "SELECT count(*) FROM labels");
+    s.step();
+    i.labels = s.col_i64(0);
+  }
+  i.model_id = get("model_id", "");
+  i.fingerprint = get("fingerprint", "");
+  i.model_path = get("model_path", "");
+  i.format_version = std::stoi(get("format_version", "0"));
+  i.f16 = I.f16;
+  i.rows = std::stoll(get("rows", "0"));
+  i.vector_bytes = i.rows * (I.record_bytes(kF32) + I.record_bytes(kKeys) + (I.f16 ? I.record_bytes(kF16) : 0));
+  i.created_at = get("created_at", "");
+  i.updated_at = get("updated_at", "");
+  i.generation = std::stoll(get("generation", "0"));
+  i.counts_generation = std::stoll(get("counts_generation", "-1"));
+  i.counts_k = std::stoi(get("counts_k", "0"));
+  i.pruning_mode = get("pruning_mode", "none");
+  i.pruning_threshold = std::stod(get("pruning_threshold", "0"));
+  i.ood_k = std::stoi(get("ood_k", "0"));
+  i.ood_threshold = std::stod(get("ood_threshold", "0"));
+  i.ood_fpr = std::stod(get("ood_fpr", "0"));
+  i.ood_generation = std::stoll(get("ood_generation", "-1"));
   return i;
 }
 
 AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std::string>& labels, const float* x,
                       AddMode mode, const std::function<void(int64_t, int64_t)>& progress) {
+  Impl& I = *impl_;
+  const int d = I.dim;
   const int64_t n = static_cast<int64_t>(ids.size());
   if (labels.size() != ids.size())
     throw Error("add: " + std::to_string(ids.size()) + " ids but " + std::to_string(labels.size()) + " labels");
-  // Validate the whole batch before touching the file.
-  std::vector<float> rows(x, x + n * dim_);
-  l2_normalize_rows(rows.data(), n, dim_, "add");
+  if (n > 0 && !x) throw Error("add: no vectors");
+  // Validate the whole batch before touching any file: values (the same
+  // normalization is redone row by row while writing, so nothing is copied whole).
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = x + i * d;
+    double ss = 0;
+    for (int j = 0; j < d; ++j) {
+      if (!std::isfinite(row[j]))
+        throw Error("add: row " + std::to_string(i) + " has a NaN or infinite value at column " + std::to_string(j));
+      ss += static_cast<double>(row[j]) * row[j];
+    }
+    if (ss == 0) throw Error("add: row " + std::to_string(i) + " is all zeros (cannot be normalized)");
+  }
   std::unordered_set<std::string> batch;
-  AddResult r;
-  std::vector<uint8_t> action(n, 0);  // 0 insert, 1 replace, 2 skip
+  batch.reserve(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     if (ids[i].empty()) throw Error("add: item " + std::to_string(i) + " has an empty id");
     if (labels[i].empty()) throw Error("add: item '" + ids[i] + "' has an empty label");
     if (!batch.insert(ids[i]).second) throw Error("add: id '" + ids[i] + "' appears twice in the batch");
-    if (seq_of_.count(ids[i])) {
-      if (mode == AddMode::strict)
-        throw Error("add: id '" + ids[i] + "' is already in the memory (use --upsert to replace it)");
-      action[i] = mode == AddMode::upsert ? 1 : 2;
+  }
+  WriterGuard writer(I);  // one writer at a time, in any process
+  I.recover(/*have_writer_lock=*/true);
+  I.refresh(true);
+  AddResult r;
+  std::vector<uint8_t> action(static_cast<size_t>(n), 0);  // 0 insert, 1 replace, 2 skip
+  std::vector<ItemInfo> replaced;
+  {
+    Stmt s(*I.db, (std::string(kItemCols) + "WHERE id=?").c_str());
+    for (int64_t i = 0; i < n; ++i) {
+      s.text(1, ids[i]);
+      if (s.step()) {
+        if (mode == AddMode::strict)
+          throw Error("add: id '" + ids[i] + "' is already in the memory (use --upsert to replace it)");
+        action[i] = mode == AddMode::upsert ? 1 : 2;
+        if (action[i] == 1) replaced.push_back(read_item(s));
+      }
+      s.reset();
     }
   }
+  auto normalized = [&](int64_t i, float* out) {
+    std::copy(x + i * d, x + (i + 1) * d, out);
+    l2_normalize_rows(out, 1, d, "add");
+  };
   // Current pruning counts stay current: the upkeep looks at the memory before
   // the change and searches again only the lists the new items can enter.
   std::optional<CountsUpkeep> upkeep;
-  {
+  if (counts_upkeep_ && counts_current()) {
     std::vector<std::string> up_ids;
     std::vector<float> up_x;
     for (int64_t i = 0; i < n; ++i)
       if (action[i] != 2) {
         up_ids.push_back(ids[i]);
-        up_x.insert(up_x.end(), rows.begin() + i * dim_, rows.begin() + (i + 1) * dim_);
+        up_x.resize(up_x.size() + d);
+        normalized(i, up_x.data() + up_x.size() - d);
       }
-    if (!up_ids.empty() && counts_upkeep_)
+    if (!up_ids.empty())
       upkeep = CountsUpkeep::before_add(*this, up_ids, up_x.data(), static_cast<int64_t>(up_ids.size()));
   }
-  std::string now = now_utc();
-  std::vector<int64_t> new_seq(n, -1);
-  std::vector<int64_t> replaced_seq;
+  const std::string now = now_utc();
   {
-    Txn t(*db_);
-    Stmt del(*db_, "DELETE FROM items WHERE id=?");
-    Stmt ins(*db_, "INSERT INTO items(id,label,embedding,added_at) VALUES(?,?,?,?)");
+    Txn t(*I.db);
+    const int64_t rows0 = std::stoll(I.meta("rows", "0"));
+    I.truncate_to(rows0);
+    Stmt del(*I.db, "DELETE FROM items WHERE seq=?");
+    Stmt delk(*I.db, "DELETE FROM prune_kth WHERE seq=?");
+    Stmt scrub(*I.db, "INSERT OR IGNORE INTO scrub(row) VALUES(?)");
+    Stmt ins(*I.db, "INSERT INTO items(id,label,row,added_at) VALUES(?,?,?,?)");
+    Stmt lab_up(*I.db, "INSERT INTO labels(label,n) VALUES(?,?) ON CONFLICT(label) DO UPDATE SET n = n + excluded.n");
+    Stmt lab_gc(*I.db, "DELETE FROM labels WHERE n <= 0");
+    for (const ItemInfo& old : replaced) {
+      del.i64(1, old.seq).run();
+      delk.i64(1, old.seq).run();
+      scrub.i64(1, old.row).run();
+      lab_up.text(1, old.label).i64(2, -1).run();
+    }
+    Fd vf = I.open_rw(kF32), kf = I.open_rw(kKeys);
+    Fd hf;
+    if (I.f16) hf = I.open_rw(kF16);
+    // Rows go out in chunks (bounded memory for any batch size).
+    const int64_t chunk = 4096;
+    std::vector<float> rec;
+    std::vector<uint16_t> half;
+    std::vector<int64_t> keys;
+    std::unordered_map<std::string, int64_t> label_delta;
+    int64_t row = rows0, pending = 0, written = 0;
+    auto flush = [&] {
+      if (pending == 0) return;
+      const int64_t first = row - pending;
+      pwrite_all(vf.fd, rec.data(), rec.size() * 4, kHeader + first * I.record_bytes(kF32), I.file(kF32));
+      pwrite_all(kf.fd, keys.data(), keys.size() * 8, kHeader + first * 8, I.file(kKeys));
+      if (I.f16) {
+        half.resize(rec.size());
+        flat_to_half(rec.data(), half.data(), static_cast<int64_t>(rec.size()));
+        pwrite_all(hf.fd, half.data(), half.size() * 2, kHeader + first * I.record_bytes(kF16), I.file(kF16));
+      }
+      rec.clear();
+      keys.clear();
+      pending = 0;
+    };
     for (int64_t i = 0; i < n; ++i) {
       if (action[i] == 2) {
         ++r.skipped;
         continue;
       }
-      if (action[i] == 1) {
-        del.text(1, ids[i]).run();
-        replaced_seq.push_back(seq_of_.at(ids[i]));
-        ++r.replaced;
-      } else {
-        ++r.added;
-      }
-      ins.text(1, ids[i]).text(2, labels[i]).blob(3, rows.data() + i * dim_, dim_ * sizeof(float)).text(4, now).run();
-      new_seq[i] = sqlite3_last_insert_rowid(db_->h);
-      if (progress && (i % 1024 == 0)) progress(i, n);
+      ++(action[i] == 1 ? r.replaced : r.added);
+      ins.text(1, ids[i]).text(2, labels[i]).i64(3, row).text(4, now).run();
+      keys.push_back(sqlite3_last_insert_rowid(I.db->h));
+      ++label_delta[labels[i]];
+      rec.resize(rec.size() + I.ld, 0.0f);
+      normalized(i, rec.data() + rec.size() - I.ld);
+      ++row;
+      ++written;
+      if (++pending == chunk) flush();
+      if (progress && (written % 1024 == 0)) progress(i, n);
     }
-    if (r.added + r.replaced > 0) touch();
+    flush();
+    for (auto& [l, c] : label_delta) lab_up.text(1, l).i64(2, c).run();
+    lab_gc.run();
+    if (r.added + r.replaced > 0) {
+      // The rows are durable before the transaction that references them commits.
+      sync_fd(vf.fd, I.file(kF32));
+      sync_fd(kf.fd, I.file(kKeys));
+      if (I.f16) sync_fd(hf.fd, I.file(kF16));
+      crash_point("add-before-commit");
+      I.set_meta("rows", std::to_string(row));
+      I.set_meta("items", std::to_string(std::stoll(I.meta("items", "0")) + r.added));
+      I.touch();
+    }
     t.commit();
   }
+  crash_point("add-after-commit");
+  I.invalidate();
   if (progress) progress(n, n);
-  // The file is committed; now mirror it in the index and the maps.
-  if (!replaced_seq.empty()) {
-    index_->remove(static_cast<int64_t>(replaced_seq.size()), replaced_seq.data());
-    for (int64_t s : replaced_seq) by_seq_.erase(s);
-  }
-  std::vector<float> add_x;
-  std::vector<int64_t> add_keys;
-  for (int64_t i = 0; i < n; ++i) {
-    if (new_seq[i] < 0) continue;
-    add_x.insert(add_x.end(), rows.begin() + i * dim_, rows.begin() + (i + 1) * dim_);
-    add_keys.push_back(new_seq[i]);
-    ItemInfo it;
-    it.seq = new_seq[i];
-    it.id = ids[i];
-    it.label = labels[i];
-    seq_of_[it.id] = it.seq;
-    by_seq_.emplace(it.seq, std::move(it));
-  }
-  if (!add_keys.empty()) index_->add(static_cast<int64_t>(add_keys.size()), add_x.data(), add_keys.data());
+  if (!replaced.empty()) I.scrub();  // replaced vectors must not linger in any file
   if (upkeep) upkeep->after(*this);
-  if (r.replaced > 0) checkpoint();  // replaced vectors must not linger in the WAL
   return r;
 }
 
 int64_t Memory::remove(const std::vector<std::string>& ids, bool ignore_missing) {
-  std::vector<int64_t> seqs;
+  Impl& I = *impl_;
+  WriterGuard writer(I);
+  I.recover(/*have_writer_lock=*/true);
+  I.refresh(true);
+  std::vector<ItemInfo> gone;
   std::unordered_set<std::string> seen;
   for (const auto& id : ids) {
     if (!seen.insert(id).second) continue;
-    auto it = seq_of_.find(id);
-    if (it == seq_of_.end()) {
+    auto it = item(id);
+    if (!it) {
       if (ignore_missing) continue;
       throw Error("remove: no item with id '" + id + "' (nothing was removed)");
     }
-    seqs.push_back(it->second);
+    gone.push_back(*it);
   }
-  if (seqs.empty()) return 0;
+  if (gone.empty()) return 0;
   std::vector<std::string> present;
-  for (int64_t s : seqs) present.push_back(by_seq_.at(s).id);
+  for (const auto& g : gone) present.push_back(g.id);
   // Current counts are updated exactly (the removed items' votes go away, the
   // lists they were in are searched again). Stale counts would keep the removed
   // items' influence, so they are cleared in the same transaction.
   std::optional<CountsUpkeep> upkeep;
   if (counts_upkeep_) upkeep = CountsUpkeep::before_remove(*this, present);
-  const bool clear_counts = !upkeep && meta("counts_generation", "-1") != "-1";
-  const bool kth_table = has_table(*db_, "prune_kth");
+  const bool clear_counts = !upkeep && I.meta("counts_generation", "-1") != "-1";
   {
-    Txn t(*db_);
-    Stmt del(*db_, "DELETE FROM items WHERE seq=?");
-    for (int64_t s : seqs) del.i64(1, s).run();
-    if (kth_table) {
-      Stmt dk(*db_, "DELETE FROM prune_kth WHERE seq=?");
-      for (int64_t s : seqs) dk.i64(1, s).run();
+    Txn t(*I.db);
+    Stmt del(*I.db, "DELETE FROM items WHERE seq=?");
+    Stmt dk(*I.db, "DELETE FROM prune_kth WHERE seq=?");
+    Stmt scrub(*I.db, "INSERT OR IGNORE INTO scrub(row) VALUES(?)");
+    Stmt lab(*I.db, "UPDATE labels SET n = n - 1 WHERE label=?");
+    for (const auto& g : gone) {
+      del.i64(1, g.seq).run();
+      dk.i64(1, g.seq).run();
+      scrub.i64(1, g.row).run();
+      lab.text(1, g.label).run();
     }
+    I.db->exec("DELETE FROM labels WHERE n <= 0");
     if (clear_counts) {
-      db_->exec("UPDATE items SET wrong=0, correct=0, reliability=1.0");
-      if (kth_table) db_->exec("DELETE FROM prune_kth");
-      set_meta("counts_generation", "-1");
-      set_meta("counts_k", "0");
+      I.db->exec("UPDATE items SET wrong=0, correct=0, reliability=1.0 WHERE wrong != 0 OR correct != 0 OR reliability != 1.0");
+      I.db->exec("DELETE FROM prune_kth");
+      I.set_meta("counts_generation", "-1");
+      I.set_meta("counts_k", "0");
     }
-    touch();
+    I.set_meta("items", std::to_string(std::stoll(I.meta("items", "0")) - static_cast<int64_t>(gone.size())));
+    I.touch();
     t.commit();
   }
-  index_->remove(static_cast<int64_t>(seqs.size()), seqs.data());
-  for (int64_t s : seqs) {
-    seq_of_.erase(by_seq_.at(s).id);
-    by_seq_.erase(s);
-  }
-  if (clear_counts)
-    for (auto& [s, it] : by_seq_) {
-      it.wrong = it.correct = 0;
-      it.reliability = 1.0;
-      it.kth = -1;
-    }
+  crash_point("remove-after-commit");
+  I.invalidate();
+  // Committed: from here on the removal is a fact. The scrub overwrites the
+  // rows in every vector file before this returns; if this process dies
+  // first, the next open finishes it (the scrub table lists the rows).
+  I.scrub();
   if (upkeep) upkeep->after(*this);
-  checkpoint();
-  return static_cast<int64_t>(seqs.size());
+  return static_cast<int64_t>(gone.size());
 }
 
 int64_t Memory::remove_label(const std::string& label) {
   std::vector<std::string> ids;
-  for (const auto& [s, it] : by_seq_)
-    if (it.label == label) ids.push_back(it.id);
+  {
+    Stmt s(*impl_->db, "SELECT id FROM items WHERE label=?");
+    s.text(1, label);
+    while (s.step()) ids.push_back(s.col_text(0));
+  }
   if (ids.empty()) throw Error("remove: no item has label '" + label + "'");
   return remove(ids);
 }
 
 void Memory::checkpoint() const {
-  int log = 0, ckpt = 0;
-  int rc = sqlite3_wal_checkpoint_v2(db_->h, nullptr, SQLITE_CHECKPOINT_TRUNCATE, &log, &ckpt);
-  if (rc != SQLITE_OK) db_->fail("WAL checkpoint (another process may be reading the memory)");
+  if (!impl_->checkpoint_or_defer(10000))
+    impl_->db->fail("WAL checkpoint (another process is reading the memory)");
 }
 
 std::vector<std::vector<Neighbor>> Memory::search(const float* q, int64_t nq, int k,
                                                   const std::vector<std::string>& self_ids, int threads) const {
+  const Impl& I = *impl_;
+  const int d = I.dim;
   if (k < 1) throw Error("search: k must be >= 1");
+  if (nq < 0) throw Error("search: negative query count");
   if (!self_ids.empty() && static_cast<int64_t>(self_ids.size()) != nq)
     throw Error("search: " + std::to_string(nq) + " queries but " + std::to_string(self_ids.size()) + " query ids");
-  std::vector<float> qn(q, q + nq * dim_);
-  l2_normalize_rows(qn.data(), nq, dim_, "query");
+  std::vector<float> qn(q, q + nq * d);
+  l2_normalize_rows(qn.data(), nq, d, "query");
   const bool loo = !self_ids.empty();
-  const int kk = loo ? k + 1 : k;
-  std::vector<float> dist(nq * kk);
-  std::vector<int64_t> keys(nq * kk);
-  if (nq > 0 && size() > 0) index_->search(nq, qn.data(), kk, dist.data(), keys.data(), threads);
-  std::vector<std::vector<Neighbor>> out(nq);
-  const int have = static_cast<int>(std::min<int64_t>(kk, size()));
-  for (int64_t i = 0; i < nq; ++i) {
-    std::vector<Neighbor>& row = out[i];
-    int drop = -1;
-    if (loo) {
-      for (int j = 0; j < have; ++j)
-        if (by_seq_.at(keys[i * kk + j]).id == self_ids[i]) {
-          drop = j;
-          break;
+  const int64_t kk = loo ? int64_t{k} + 1 : int64_t{k};
+  for (int attempt = 0;; ++attempt) {
+    // Scans hold the fence shared: a scrub waits for them, so no row read here
+    // is half overwritten; rows removed but not yet scrubbed are filtered.
+    FileLock fence(I.lock_path(), 1, /*exclusive=*/false);
+    std::shared_ptr<Mapping> map;
+    State st;
+    {
+      std::lock_guard<std::mutex> g(I.mu);
+      I.refresh_locked(false);
+      map = I.map;
+      st = I.st;
+    }
+    const int64_t extra = static_cast<int64_t>(st.pending.size());
+    // No list is longer than the rows: a huge k costs no more than the memory's size.
+    const int want = static_cast<int>(std::min<int64_t>(kk + extra, std::max<int64_t>(1, st.rows)));
+    std::vector<float> dist(static_cast<size_t>(nq * want));
+    std::vector<int64_t> keys(static_cast<size_t>(nq * want), -1);
+    if (nq > 0 && st.rows > 0) {
+      FlatRows rows{map->x(), map->half(), map->key(), st.rows, 1.0 + 1e-5};
+      FlatIndex::Options o;
+      o.storage = map->half() ? FlatIndex::Storage::f16 : FlatIndex::Storage::f32;
+      flat_search(rows, d, o, nq, qn.data(), want, dist.data(), keys.data(), threads);
+    }
+    std::unordered_set<int64_t> pending_seq;
+    if (extra > 0)
+      for (int64_t r : st.pending) {
+        int64_t s = map->key()[r];
+        if (s >= 0) pending_seq.insert(s);
+      }
+    std::vector<std::vector<Neighbor>> out(static_cast<size_t>(nq));
+    bool stale = false;
+    {
+      std::lock_guard<std::mutex> g(I.mu);
+      for (int64_t i = 0; i < nq && !stale; ++i) {
+        std::vector<const ItemInfo*> found;
+        std::vector<float> fd;
+        for (int j = 0; j < want && static_cast<int>(found.size()) < kk; ++j) {
+          int64_t key = keys[i * want + j];
+          if (key < 0) break;
+          if (pending_seq.count(key)) continue;
+          const ItemInfo* it = I.by_seq_locked(key);
+          if (!it) {  // removed by another process after our snapshot: answer from the newer state
+            stale = true;
+            break;
+          }
+          found.push_back(it);
+          fd.push_back(dist[i * want + j]);
         }
-      // Not among them: drop the last, so every list has k entries (SPEC section 2).
-      if (drop < 0 && have == kk) drop = have - 1;
+        const int have = static_cast<int>(found.size());
+        int drop = -1;
+        if (loo) {
+          for (int j = 0; j < have; ++j)
+            if (found[j]->id == self_ids[i]) {
+              drop = j;
+              break;
+            }
+          // Not among them: drop the last, so every list has k entries (SPEC section 2).
+          if (drop < 0 && have == kk) drop = have - 1;
+        }
+        auto& row = out[i];
+        for (int j = 0; j < have; ++j)
+          if (j != drop) row.push_back({found[j]->seq, found[j]->id, found[j]->label, fd[j]});
+      }
     }
-    for (int j = 0; j < have; ++j) {
-      if (j == drop) continue;
-      const ItemInfo& it = by_seq_.at(keys[i * kk + j]);
-      row.push_back({it.seq, it.id, it.label, dist[i * kk + j]});
-    }
+    if (!stale) return out;
+    if (attempt >= 5) throw Error(I.path + ": the memory kept changing during the search; try again");
+    I.invalidate();
   }
-  return out;
 }
 
-bool Memory::contains(const std::string& id) const { return seq_of_.count(id) > 0; }
+bool Memory::contains(const std::string& id) const { return item(id).has_value(); }
 
 std::optional<ItemInfo> Memory::item(const std::string& id) const {
-  auto it = seq_of_.find(id);
-  if (it == seq_of_.end()) return std::nullopt;
-  return by_seq_.at(it->second);
+  std::lock_guard<std::mutex> g(impl_->mu);
+  impl_->refresh_locked(false);
+  return impl_->by_id_locked(id);
 }
 
 std::vector<ItemInfo> Memory::items() const {
   std::vector<ItemInfo> out;
-  out.reserve(by_seq_.size());
-  for (const auto& [s, it] : by_seq_) out.push_back(it);
-  std::sort(out.begin(), out.end(), [](const ItemInfo& a, const ItemInfo& b) { return a.seq < b.seq; });
+  Stmt s(*impl_->db, (std::string(kItemCols) + "ORDER BY items.seq").c_str());
+  while (s.step()) out.push_back(read_item(s));
   return out;
 }
 
 std::vector<float> Memory::embedding(const std::string& id) const {
-  auto it = seq_of_.find(id);
-  if (it == seq_of_.end()) throw Error("no item with id '" + id + "'");
-  std::vector<float> v(dim_);
-  if (!index_->reconstruct(it->second, v.data())) throw Error("index lost item '" + id + "'");
-  return v;
+  const Impl& I = *impl_;
+  std::lock_guard<std::mutex> g(I.mu);
+  I.refresh_locked(false);
+  auto it = I.by_id_locked(id);
+  if (!it) throw Error("no item with id '" + id + "'");
+  if (it->row < 0 || it->row >= I.map->rows) throw Error(I.path + ": item '" + id + "' points past the vector file");
+  const float* p = I.map->x() + it->row * I.ld;
+  return std::vector<float>(p, p + I.dim);
 }
 
 std::vector<std::string> Memory::labels() const {
-  std::set<std::string> s;
-  for (const auto& [k, it] : by_seq_) s.insert(it.label);
-  return {s.begin(), s.end()};
+  std::vector<std::string> out;
+  Stmt s(*impl_->db, "SELECT label FROM labels ORDER BY label");
+  while (s.step()) out.push_back(s.col_text(0));
+  return out;
 }
 
-void Memory::set_counts(const Counts& c, int k) {
+void Memory::set_counts(const Counts& c, int k, const std::string& mode, double threshold) {
+  Impl& I = *impl_;
   if (c.ids.size() != c.wrong.size() || c.ids.size() != c.correct.size() || (!c.kth.empty() && c.kth.size() != c.ids.size()))
     throw Error("set_counts: length mismatch");
+  if (!mode.empty() && mode != "none" && mode != "hard" && mode != "soft")
+    throw Error("pruning mode must be none, hard or soft, got '" + mode + "'");
+  WriterGuard writer(I);
   {
-    Txn t(*db_);
-    db_->exec("CREATE TABLE IF NOT EXISTS prune_kth(seq INTEGER PRIMARY KEY, kth REAL NOT NULL)");
-    Stmt up(*db_, "UPDATE items SET wrong=?, correct=?, reliability=? WHERE id=?");
-    Stmt kt(*db_, "INSERT OR REPLACE INTO prune_kth(seq, kth) VALUES(?,?)");
+    Txn t(*I.db);
+    // Counts computed on another state than the current one would be wrong while looking current.
+    if (c.generation >= 0 && std::to_string(c.generation) != I.meta("generation", "0"))
+      throw Error(I.path + ": the memory changed while the counts were computed (another writer); run prune again");
+    Stmt seq(*I.db, "SELECT seq FROM items WHERE id=?");
+    Stmt up(*I.db, "UPDATE items SET wrong=?, correct=?, reliability=? WHERE seq=?");
+    Stmt kt(*I.db, "INSERT OR REPLACE INTO prune_kth(seq, kth) VALUES(?,?)");
     for (size_t i = 0; i < c.ids.size(); ++i) {
-      auto at = seq_of_.find(c.ids[i]);
-      if (at == seq_of_.end()) throw Error("set_counts: no item with id '" + c.ids[i] + "'");
-      double rho = reliability_weight(c.wrong[i]);
-      up.i64(1, c.wrong[i]).i64(2, c.correct[i]).real(3, rho).text(4, c.ids[i]).run();
-      if (!c.kth.empty()) kt.i64(1, at->second).real(2, c.kth[i]).run();
+      seq.text(1, c.ids[i]);
+      if (!seq.step()) throw Error("set_counts: no item with id '" + c.ids[i] + "'");
+      const int64_t s = seq.col_i64(0);
+      seq.reset();
+      up.i64(1, c.wrong[i]).i64(2, c.correct[i]).real(3, reliability_weight(c.wrong[i])).i64(4, s).run();
+      if (!c.kth.empty()) kt.i64(1, s).real(2, c.kth[i]).run();
     }
-    set_meta("counts_generation", meta("generation", "0"));
-    set_meta("counts_k", std::to_string(k));
+    I.set_meta("counts_generation", I.meta("generation", "0"));
+    I.set_meta("counts_k", std::to_string(k));
+    if (!mode.empty()) {
+      I.set_meta("pruning_mode", mode);
+      I.set_meta("pruning_threshold", std::to_string(threshold));
+    }
     t.commit();
   }
-  for (size_t i = 0; i < c.ids.size(); ++i) {
-    ItemInfo& it = by_seq_.at(seq_of_.at(c.ids[i]));
-    it.wrong = c.wrong[i];
-    it.correct = c.correct[i];
-    it.reliability = reliability_weight(c.wrong[i]);
-    if (!c.kth.empty()) it.kth = c.kth[i];
-  }
+  I.invalidate();
 }
 
 bool Memory::counts_current() const {
-  std::string cg = meta("counts_generation", "-1");
-  return cg != "-1" && cg == meta("generation", "0");
+  std::string cg = impl_->meta("counts_generation", "-1");
+  return cg != "-1" && cg == impl_->meta("generation", "0");
 }
 
 void Memory::set_pruning(const std::string& mode, double threshold) {
   if (mode != "none" && mode != "hard" && mode != "soft")
     throw Error("pruning mode must be none, hard or soft, got '" + mode + "'");
-  Txn t(*db_);
-  set_meta("pruning_mode", mode);
-  set_meta("pruning_threshold", std::to_string(threshold));
+  WriterGuard wl(*impl_);
+  Txn t(*impl_->db);
+  impl_->set_meta("pruning_mode", mode);
+  impl_->set_meta("pruning_threshold", std::to_string(threshold));
   t.commit();
-  prune_mode_ = mode;
-  prune_threshold_ = threshold;
+  impl_->invalidate();
 }
 
 void Memory::set_ood_threshold(double threshold, int k, double fpr) {
   if (k < 1 || !std::isfinite(threshold) || !(fpr >= 0 && fpr <= 1)) throw Error("OOD threshold: invalid k, threshold or rate");
-  Txn t(*db_);
+  WriterGuard wl(*impl_);
+  Txn t(*impl_->db);
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.17g", threshold);  // round-trips exactly
-  set_meta("ood_threshold", buf);
-  set_meta("ood_k", std::to_string(k));
+  impl_->set_meta("ood_threshold", buf);
+  impl_->set_meta("ood_k", std::to_string(k));
   std::snprintf(buf, sizeof buf, "%.17g", fpr);
-  set_meta("ood_fpr", buf);
-  set_meta("ood_generation", meta("generation", "0"));
+  impl_->set_meta("ood_fpr", buf);
+  impl_->set_meta("ood_generation", impl_->meta("generation", "0"));
   t.commit();
+  impl_->invalidate();
 }
 
 bool Memory::excluded(const ItemInfo& it) const {
-  return prune_mode_ == "hard" && static_cast<double>(it.wrong) >= prune_threshold_;
+  std::lock_guard<std::mutex> g(impl_->mu);
+  if (impl_->data_version < 0) impl_->refresh_locked(true);  // this handle wrote since
+  return impl_->st.prune_mode == "hard" && static_cast<double>(it.wrong) >= impl_->st.prune_threshold;
 }
 
-double Memory::weight(const ItemInfo& it) const { return prune_mode_ == "soft" ? it.reliability : 1.0; }
+double Memory::weight(const ItemInfo& it) const {
+  std::lock_guard<std::mutex> g(impl_->mu);
+  if (impl_->data_version < 0) impl_->refresh_locked(true);
+  return impl_->st.prune_mode == "soft" ? it.reliability : 1.0;
+}
 
 void Memory::check_fingerprint(const std::string& fingerprint, const std::string& what) const {
-  std::string mine = meta("fingerprint");
+  std::string mine = impl_->meta("fingerprint");
   if (mine.empty() || mine == fingerprint) return;
-  throw Error(what + " was made with a different model than this memory (memory: " + meta("model_id") +
+  throw Error(what + " was made with a different model than this memory (memory: " + impl_->meta("model_id") +
               ", fingerprint " + mine.substr(0, 16) + "...; given: " + fingerprint.substr(0, 16) + "...)");
 }
 

@@ -1,18 +1,30 @@
-// memory.h: the visual memory: (id, label, embedding) items in a SQLite file plus an exact index.
+// memory.h: the visual memory: (id, label, embedding) items in a SQLite catalog
+// plus memory-mapped vector files, searched exactly.
 //
 // Basic usage:
 //   auto mem = vismem::Memory::create("mem.db", {.dim = 1024, .model_id = "mobilenet_v1"});
 //   mem.add(ids, labels, x.data());                  // x: n * dim, row-major; normalized on insert
 //   auto nn = mem.search(q.data(), nq, 100);         // nq lists of up to 100 neighbors, ascending distance
-//   mem.remove({"img_17.jpg"});                      // gone from the file (secure_delete) and the index
-//   vismem::Memory again = vismem::Memory::open("mem.db");
+//   mem.remove({"img_17.jpg"});                      // gone from every file of the memory
+//   vismem::Memory again = vismem::Memory::open("mem.db");   // costs the same at any size
 //
-// Every write is one SQLite transaction (WAL mode): a process killed in the
-// middle of add() leaves the memory exactly as before. Removal overwrites the
-// item's bytes (PRAGMA secure_delete) and checkpoints the WAL, so no copy of
-// the embedding remains in mem.db or mem.db-wal.
+// Files (docs/DESIGN.md): mem.db is the SQLite catalog (ids, labels, insertion
+// order, counts, meta; WAL mode); mem.db.vec holds the L2-normalized float32
+// rows, append-only and memory-mapped; mem.db.keys the row -> insertion
+// sequence map (-1: a removed row); mem.db.f16 an optional float16 copy;
+// mem.db.lock serializes writers across processes and fences scans from scrubs.
+//
+// Guarantees. Every write is one catalog transaction, acknowledged once
+// durable; the vector rows it adds are written and synced before the
+// transaction that references them, so a process killed at any moment leaves
+// the memory as before or as after. A removal commits, then overwrites the
+// removed rows in every vector file, syncs and truncates the WAL before it
+// returns; a removal interrupted after its commit is finished by the next
+// open. Every handle answers from the latest committed state: each call checks
+// the catalog's data_version (no file read when nothing changed) and follows
+// other processes' writes incrementally. Writers (in any process) are serialized.
 // Thread safety: search() and the const accessors may run concurrently;
-// add(), remove() and the setters need exclusive access.
+// add(), remove() and the setters need exclusive access within a process.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -22,7 +34,6 @@
 #include <unordered_map>
 #include <vector>
 
-#include "index.h"
 
 struct sqlite3;
 
@@ -37,6 +48,7 @@ struct Neighbor {
 
 struct ItemInfo {
   int64_t seq = -1;
+  int64_t row = -1;          // its row in the vector files
   std::string id;
   std::string label;
   double reliability = 1.0;  // soft-pruning weight rho
@@ -54,6 +66,9 @@ struct MemoryInfo {
   std::string fingerprint;
   std::string model_path;
   int format_version = 0;
+  bool f16 = false;               // a float16 copy of the vectors is kept (mem.db.f16)
+  int64_t rows = 0;               // rows in the vector files (items + removed rows not yet compacted)
+  int64_t vector_bytes = 0;       // size of the vector files
   std::string created_at, updated_at;
   int64_t generation = 0;         // bumped by every write
   int64_t counts_generation = -1; // generation the pruning counts were computed at (-1: never)
@@ -87,11 +102,25 @@ class Memory {
     std::string model_id;      // free text, e.g. the encoder name
     std::string fingerprint;   // encoder fingerprint; empty = embeddings from anywhere
     std::string model_path;    // where the encoder was loaded from (a hint for later adds)
+    bool f16 = false;          // keep a float16 copy: small batches scan half the bytes (same results)
   };
-  static constexpr int format_version = 1;
+  // 2: vectors in memory-mapped files beside the catalog. 1: vectors as SQLite
+  // blobs (read by migrate() only).
+  static constexpr int format_version = 2;
 
   static Memory create(const std::string& path, const CreateOptions& opt);
+  // Throws vismem::Error for a missing file, a file that is not a vismem
+  // memory (left untouched) or an older format (naming `vismem migrate`).
   static Memory open(const std::string& path);
+  // Upgrades a format-1 memory in place (crash safe: the old file stays valid
+  // until one transaction switches it). Returns false if it was already current.
+  static bool migrate(const std::string& path);
+  // Every file a memory at `path` may own (whether present or not).
+  static std::vector<std::string> files(const std::string& path);
+  // Deletes / renames all of a memory's files (no open handle may remain).
+  static void remove_files(const std::string& path);
+  static void rename_files(const std::string& from, const std::string& to);
+  static void copy_files(const std::string& from, const std::string& to);
   Memory(Memory&&) noexcept;
   Memory& operator=(Memory&&) noexcept;
   ~Memory();
@@ -131,12 +160,14 @@ class Memory {
 
   // Pruning state (SPEC section 4), written in one transaction. ids may be a
   // subset (an incremental update); kth: per id, or empty (not stored).
+  // mode (optional): the pruning mode written in the same transaction.
   struct Counts {
     std::vector<std::string> ids;
     std::vector<int64_t> wrong, correct;
     std::vector<double> kth;
+    int64_t generation = -1;  // the memory's generation they were computed at (-1: not checked)
   };
-  void set_counts(const Counts& counts, int k);
+  void set_counts(const Counts& counts, int k, const std::string& mode = "", double threshold = 0);
   bool counts_current() const;  // computed, and nothing changed since
   // Incremental upkeep of current counts in add/remove (on by default; this
   // handle only). A caller adding many batches turns it off and recounts once
@@ -146,7 +177,7 @@ class Memory {
   void set_pruning(const std::string& mode, double threshold);
   // OOD threshold fitted on in-distribution queries (see MemoryInfo).
   void set_ood_threshold(double threshold, int k, double fpr);
-  const std::string& pruning_mode() const { return prune_mode_; }  // cheap: no file access
+  std::string pruning_mode() const;  // cheap: no file read unless another handle wrote
   bool excluded(const ItemInfo& it) const;   // hard pruning in effect and wrong >= threshold
   double weight(const ItemInfo& it) const;   // soft pruning in effect: rho, else 1
 
@@ -162,26 +193,17 @@ class Memory {
   // The first root/id that exists as a file, or nullopt (moved or never an image).
   std::optional<std::string> find_image(const std::string& id) const;
 
-  // For the unlearning receipt: checkpoint the WAL into the main file and truncate it.
+  // For the unlearning receipt: checkpoint the WAL into the main file and
+  // truncate it (waits for readers up to the busy timeout; throws if they stay).
   void checkpoint() const;
+  // The files this memory owns now (catalog, WAL, vector files, lock).
+  std::vector<std::string> owned_files() const;
 
-  struct Db;  // the SQLite connection (memory.cpp)
+  struct Impl;  // the catalog connection, the mappings, the item cache (memory.cpp)
 
  private:
-  Memory() = default;
-  void load();
-  void touch();  // bump generation + updated_at (inside a transaction)
-  std::string meta(const std::string& key, const std::string& fallback = "") const;
-  void set_meta(const std::string& key, const std::string& value);
-
-  std::unique_ptr<Db> db_;
-  std::string path_;
-  int dim_ = 0;
-  std::unique_ptr<Index> index_;
-  std::unordered_map<int64_t, ItemInfo> by_seq_;
-  std::unordered_map<std::string, int64_t> seq_of_;
-  std::string prune_mode_ = "none";
-  double prune_threshold_ = 0;
+  Memory();
+  std::unique_ptr<Impl> impl_;
   bool counts_upkeep_ = true;
 };
 

@@ -17,12 +17,14 @@ double reliability_weight(int64_t wrong) { return wrong >= 1 ? 1.75 / (1.0 + sta
 Memory::Counts compute_prune_counts(const Memory& mem, int k, int threads,
                                     const std::function<void(int64_t, int64_t)>& progress) {
   if (k < 1) throw Error("prune: k must be >= 1");
+  const int64_t generation = mem.info().generation;
   std::vector<ItemInfo> items = mem.items();
   const int64_t n = static_cast<int64_t>(items.size());
   const int d = mem.dim();
   std::unordered_map<std::string, int64_t> pos;
   for (int64_t i = 0; i < n; ++i) pos[items[i].id] = i;
   Memory::Counts c;
+  c.generation = generation;
   c.wrong.assign(n, 0);
   c.correct.assign(n, 0);
   c.kth.assign(n, -1.0);  // -1: fewer than k other items, so no k-th neighbor
