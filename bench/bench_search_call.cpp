@@ -4,7 +4,7 @@
 // set against the same calls made through `import vismem`.
 //
 //   bench_search_call MEMORY.db QUERIES.npy [--k 100] [--single 200] [--batch 1024] [--reps 5] [--threads 0]
-//   -> {"single_us": median per single-query call, "batch_ms": median per batch call, ...}
+//   -> {"single_us": median per single-query call, "batch_ms": median per batch call, *_min_*: fastest, ...}
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -66,9 +66,11 @@ int main(int argc, char** argv) {
       many.push_back(seconds_since(t0));
       if (static_cast<int>(res.size()) != batch) return 1;
     }
-    std::printf("{\"items\": %lld, \"dim\": %d, \"k\": %d, \"threads\": %d, \"single_us\": %.3f, \"batch\": %d, "
-                "\"batch_ms\": %.3f}\n",
-                static_cast<long long>(mem.size()), d, k, threads, 1e6 * median(one), batch, 1e3 * median(many));
+    std::printf("{\"items\": %lld, \"dim\": %d, \"k\": %d, \"threads\": %d, \"single_us\": %.3f, "
+                "\"single_min_us\": %.3f, \"batch\": %d, \"batch_ms\": %.3f, \"batch_min_ms\": %.3f}\n",
+                static_cast<long long>(mem.size()), d, k, threads, 1e6 * median(one),
+                1e6 * *std::min_element(one.begin(), one.end()), batch, 1e3 * median(many),
+                1e3 * *std::min_element(many.begin(), many.end()));
   } catch (const Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

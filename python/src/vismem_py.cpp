@@ -160,8 +160,9 @@ py::array_t<float> adopt(std::vector<float>&& v, int64_t n, int64_t d) {
 // An (n, k) numpy object array filled with Python str made by make(i, j).
 template <class F>
 py::array string_array(int64_t n, int64_t k, F&& make) {
-  py::module_ np = py::module_::import("numpy");
-  py::array out = np.attr("empty")(py::make_tuple(n, k), "dtype"_a = "O");
+  // numpy allocates object arrays zeroed (NULL items) and treats NULL as None; every item is set below.
+  static const auto* object_dtype = new py::dtype("O");  // never freed: no Python call after the interpreter ends
+  py::array out(*object_dtype, std::vector<py::ssize_t>{n, k});
   auto** p = static_cast<PyObject**>(out.mutable_data());
   for (int64_t i = 0; i < n * k; ++i) {
     PyObject* s = make(i / std::max<int64_t>(k, 1), i % std::max<int64_t>(k, 1));
