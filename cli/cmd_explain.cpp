@@ -84,10 +84,10 @@ void add_explain_commands(CLI::App& app) {
   auto a = std::make_shared<A>();
   c->add_option("memory", a->mem, "Memory file (bound to a model)")->required();
   c->add_option("image", a->image, "Query image file")->required();
-  c->add_option("--k", a->k, "Neighbors that vote")->check(CLI::PositiveNumber);
+  c->add_option("--k", a->k, "Neighbors that vote")->check(kPositiveInt);
   c->add_option("--vote", a->vote, "plurality, distance, softmax or rank")
       ->check(CLI::IsMember({"plurality", "distance", "softmax", "rank"}));
-  c->add_option("--show", a->show, "Neighbors shown (and residual neighbors)")->check(CLI::PositiveNumber);
+  c->add_option("--show", a->show, "Neighbors shown (and residual neighbors)")->check(kPositiveInt);
   c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
   c->add_option("--image-root", a->image_roots,
                 "Folder where neighbor ids are looked up as files (repeatable; before the folders `vismem add` recorded)");
@@ -95,11 +95,11 @@ void add_explain_commands(CLI::App& app) {
   c->add_option("--html", a->html, "Write a self-contained HTML page here (images inlined)");
   c->add_option("--rerank-cmd", a->rerank_cmd,
                 "Re-ranker: a shell command that reads the query + neighbors as JSON on stdin and prints a label");
-  c->add_option("--rerank-timeout", a->rerank_timeout, "Seconds the re-ranker may take")->check(CLI::PositiveNumber);
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_option("--rerank-timeout", a->rerank_timeout, "Seconds the re-ranker may take")->check(kPositiveInt);
+  c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
   c->callback([a] {
-    Memory mem = Memory::open(a->mem);
-    if (mem.size() == 0) throw Error(a->mem + " is empty: add items first");
+    Memory mem = open_memory(a->mem);
+    require_items(mem);
     auto enc = memory_encoder(mem, a->model);
     Image query = decode_image_file(a->image);
     EmbedOptions eo;
@@ -109,7 +109,7 @@ void add_explain_commands(CLI::App& app) {
     const std::vector<float>& q = er.embeddings;
 
     const Vote vote = parse_vote(a->vote);
-    std::vector<Neighbor> nn = mem.search(q.data(), 1, a->k, {}, a->threads).at(0);
+    std::vector<Neighbor> nn = mem.search(q.data(), 1, search_k(mem, a->k), {}, a->threads).at(0);
     const int k = static_cast<int>(nn.size());
     NeighborVotes nv = neighbor_votes(mem, nn, true);
     Decision d = decide(vote, nv, k);
@@ -143,7 +143,7 @@ void add_explain_commands(CLI::App& app) {
     res.zero = res.norm < kZeroResidual;
     if (!res.zero) {
       for (float& v : rq) v = static_cast<float>(v / res.norm);
-      std::vector<Neighbor> rnn = mem.search(rq.data(), 1, a->k, {}, a->threads).at(0);
+      std::vector<Neighbor> rnn = mem.search(rq.data(), 1, search_k(mem, a->k), {}, a->threads).at(0);
       NeighborVotes rnv = neighbor_votes(mem, rnn, true);
       res.decision = decide(vote, rnv, static_cast<int>(rnn.size()));
       res.neighbors = shown_neighbors(rnn, rnv, res.decision, neighbor_paths(mem, a->image_roots, rnn), a->show);

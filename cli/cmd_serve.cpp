@@ -34,10 +34,10 @@ void add_serve_commands(CLI::App& app) {
   c->add_option("--port", a->port, "Port (0: any free port, printed)")->check(CLI::Range(0, 65535));
   c->add_flag("--read-only", a->read_only, "Refuse /v1/add and /v1/remove");
   c->add_option("--model", a->model, "Encoder for image requests (default: the memory's model)");
-  c->add_option("--k", a->k, "Default k for /v1/classify")->check(CLI::PositiveNumber);
+  c->add_option("--k", a->k, "Default k for /v1/classify")->check(kPositiveInt);
   c->add_option("--vote", a->vote, "Default rule for /v1/classify")
       ->check(CLI::IsMember({"plurality", "distance", "softmax", "rank"}));
-  c->add_option("--threads", a->threads, "Search threads per request (default: all cores)");
+  c->add_option("--threads", a->threads, "Search threads per request (default: all cores)")->check(kThreadCount);
   c->callback([a] {
     ServerOptions o;
     o.model = a->model;
@@ -59,7 +59,7 @@ void add_serve_commands(CLI::App& app) {
     struct sigaction old_int {};
     sigaction(SIGINT, nullptr, &old_int);
     if (old_int.sa_handler != SIG_IGN) sigaction(SIGINT, &sa, nullptr);  // started with SIGINT ignored: keep it so
-    Server srv(Memory::open(a->mem), o);
+    Server srv(open_memory(a->mem), o);
     int port = srv.bind(a->host, a->port);
     std::cout << "serving " << a->mem << " on http://" << a->host << ":" << port << (a->read_only ? " (read-only)" : "")
               << std::endl;

@@ -39,8 +39,15 @@ int main(int argc, char** argv) {
   vismem::cli::add_serve_commands(app);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::Success& e) {  // --help, --help-all
     return app.exit(e);
+  } catch (const CLI::ConversionError& e) {
+    // A number that does not parse or does not fit its type (never narrowed).
+    std::cerr << "error: " << e.what() << " (not a whole number in range)\n";
+    return 1;
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
   } catch (const vismem::Error& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;
