@@ -182,6 +182,8 @@ NpyArray parse_npy(const uint8_t* bytes, size_t size, const std::string& name) {
   else if (descr == "<i4" || descr == "=i4") a.dtype = DType::i32;
   else if (descr == "<i8" || descr == "=i8") a.dtype = DType::i64;
   else throw Error(name + ": unsupported dtype '" + descr + "' (float32, float16, float64, uint8, int32, int64 little-endian)");
+  if (shape_s.size() < 2 || shape_s.front() != '(' || shape_s.back() != ')')
+    throw Error(name + ": malformed shape '" + printable(shape_s) + "' in .npy header (expected a tuple)");
   std::string inner = shape_s.substr(1, shape_s.size() - 2);
   std::stringstream ss(inner);
   std::string tok;
