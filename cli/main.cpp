@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <stdexcept>
 
 #include "common.h"
 #include "error.h"
@@ -50,6 +51,9 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const vismem::Error& e) {
     std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::length_error& e) {  // a size field no reader caught: never a bare "vector::_M_..." line
+    std::cerr << "error: an input asks for more memory than can exist (a corrupt size?): " << e.what() << "\n";
     return 1;
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of memory\n";
