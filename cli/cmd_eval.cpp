@@ -241,7 +241,7 @@ void add_eval_commands(CLI::App& app) {
       if (static_cast<int>(!a->query_dir.empty()) + !a->emb.empty() + a->self != 1)
         throw Error("ood-fit needs exactly one of: a query folder, --embeddings Q.npy, --self");
       int k = static_cast<int>(std::min<int64_t>(a->k, mem.size() - (a->self ? 1 : 0)));
-      if (k < 1) throw Error(a->mem + " has too few items");
+      if (k < 1) throw Error("ood-fit --self needs a memory of at least 2 items (each leaves itself out)");
       Queries q;
       std::vector<std::string> self_ids;
       if (a->self) {
