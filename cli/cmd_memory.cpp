@@ -211,6 +211,7 @@ void add_memory_commands(CLI::App& app) {
       check_dim(mem, q, a->emb);
       auto ids = a->ids.empty() ? std::vector<std::string>{} : read_list(a->ids, q.rows, "ids");
       if (a->exclude_self && ids.empty()) throw Error("--exclude-self needs --ids (the queries' memory ids)");
+      if (a->exclude_self && mem.size() < 2) throw Error("--exclude-self needs a memory of at least 2 items");
       auto labels = a->labels.empty() ? std::vector<std::string>{} : read_list(a->labels, q.rows, "labels");
       auto res = mem.search(q.data.data(), q.rows, search_k(mem, a->k), a->exclude_self ? ids : std::vector<std::string>{}, a->threads);
       write_neighbor_file(a->out, to_query_neighbors(res, ids, labels, mem.info().model_id));

@@ -386,6 +386,10 @@ TEST(FieldInputs, ExcludeSelfUsesTheNeighborsThatExist) {
               t / "one_ids.txt" + " --exclude-self");
   EXPECT_EQ(r.exit_code, 1);
   expect_has(r.err, {"--exclude-self needs a memory of at least 2 items"});
+  r = run_cli("search " + one + " --embeddings " + t / "one.npy" + " --ids " + t / "one_ids.txt" + " --exclude-self --out " +
+              t / "one.json");
+  EXPECT_EQ(r.exit_code, 1);
+  expect_has(r.err, {"--exclude-self needs a memory of at least 2 items"});
   r = run_cli("ood-fit " + one + " --self");
   EXPECT_EQ(r.exit_code, 1);
   expect_has(r.err, {"ood-fit --self needs a memory of at least 2 items"});
