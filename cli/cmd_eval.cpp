@@ -6,6 +6,7 @@
 #include "common.h"
 #include "encoder.h"
 #include "error.h"
+#include "json_text.h"
 #include "eval.h"
 #include "neighbors.h"
 #include "pipeline.h"
@@ -15,6 +16,7 @@
 #include "textio.h"
 #include "calibration.h"
 #include <optional>
+#include <unordered_set>
 
 namespace vismem::cli {
 
@@ -33,11 +35,13 @@ Queries embed_query_images(const Memory& mem, const std::vector<std::string>& pa
   std::vector<std::string> paths;
   std::vector<std::string> ids, labels;
   if (folder) {
-    for (auto& li : scan_image_folder(paths_or_dir.at(0))) {
+    std::vector<std::string> skipped;
+    for (auto& li : scan_image_folder(paths_or_dir.at(0), &skipped)) {
       paths.push_back(li.path);
       ids.push_back(li.id);
       labels.push_back(li.label);
     }
+    for (auto& s : skipped) std::cerr << "skipped " << s << "\n";
     if (paths.empty()) throw Error(paths_or_dir[0] + ": no images found (expected one subfolder per class)");
   } else {
     paths = paths_or_dir;
@@ -50,7 +54,7 @@ Queries embed_query_images(const Memory& mem, const std::vector<std::string>& pa
   if (paths.size() > 8) eo.progress = [&](int64_t d, int64_t) { bar.update(d); };
   EmbedResult r = embed_images(*enc, paths, eo);
   if (paths.size() > 8) bar.finish();
-  for (auto& [i, msg] : r.failed) std::cerr << "skipped " << paths[i] << ": " << msg << "\n";
+  for (auto& [i, msg] : r.failed) std::cerr << "skipped " << msg << "\n";
   if (r.ok.empty()) throw Error("no query image could be read");
   for (int64_t i : r.ok) {
     q.ids.push_back(ids[i]);
@@ -99,7 +103,7 @@ void add_eval_commands(CLI::App& app) {
     c->add_option("--exclude", a->exclude, "Memory ids to exclude (hard pruning), one per line");
     c->add_option("--reliability", a->reliability, "Soft pruning weights: id<TAB>weight (ids not listed weigh 1)");
     c->add_flag("--normalize-distances", a->normalize, "Min-max normalize all distances to [0,1] first");
-    c->add_option("--k", a->k, "Largest k (default: 100 for a memory, the lists' length for a file)");
+    c->add_option("--k", a->k, "Largest k (default: 100 for a memory, the lists' length for a file)")->check(kPositiveInt);
     c->add_option("--pruning", a->pruning, "With a memory: 'memory' applies its pruning mode (vismem prune), 'none' ignores it")
         ->check(CLI::IsMember({"memory", "none"}));
     c->add_option("--out-neighbors", a->out_neighbors, "Also write the neighbor lists (with a memory)");
@@ -109,8 +113,8 @@ void add_eval_commands(CLI::App& app) {
     c->add_option("--taxonomy", a->taxonomy, "Taxonomy file (LEAF<TAB>ROOT > ... > LEAF): accuracy per level too");
     c->add_option("--levels", a->levels, "Taxonomy depths, e.g. 4,6,8 (default: every depth)");
     c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
-    c->add_option("--threads", a->threads, "Threads (default: all cores)");
-    c->add_option("--batch", a->batch, "Images per encoder batch");
+    c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
+    c->add_option("--batch", a->batch, "Images per encoder batch")->check(kBatchSize);
     c->callback([a] {
       EvalOptions opt;
       if (!a->exclude.empty()) opt.exclude_ids = read_id_set(a->exclude);
@@ -126,9 +130,14 @@ void add_eval_commands(CLI::App& app) {
         if (!a->mem.empty()) throw Error("give either --neighbors FILE or a memory, not both");
         if (a->abstain) throw Error("--abstain needs a memory (its OOD threshold)");
         qs = read_neighbor_file(a->neighbors);
+        std::unordered_set<std::string> seen;
+        for (const auto& qn : qs) seen.insert(qn.neighbor_labels.begin(), qn.neighbor_labels.end());
+        if (std::string w = unknown_label_warning(qs, seen, "the neighbor lists"); !w.empty()) std::cerr << w << "\n";
       } else {
         if (a->mem.empty()) throw Error("eval needs --neighbors FILE, or a memory with --embeddings/--labels or a query folder");
-        Memory mem = Memory::open(a->mem);
+        Memory mem = open_memory(a->mem);
+        require_items(mem);
+        if (a->exclude_self && mem.size() < 2) throw Error("--exclude-self needs a memory of at least 2 items");
         Queries q;
         if (!a->query_dir.empty()) q = embed_query_images(mem, {a->query_dir}, a->model, true, a->batch, a->threads);
         else if (!a->emb.empty()) q = load_queries(mem, a->emb, a->ids, a->labels);
@@ -136,6 +145,11 @@ void add_eval_commands(CLI::App& app) {
         if (q.labels.empty()) throw Error("eval needs the queries' true labels (--labels)");
         if (a->exclude_self && q.ids.empty()) throw Error("--exclude-self needs --ids");
         int k = a->k ? a->k : 100;
+        // Leave-one-out lists hold one neighbor fewer than the memory has items.
+        const int64_t avail = mem.size() - (a->exclude_self ? 1 : 0);
+        if (k > avail)
+          std::cerr << "note: k=" << k << (a->k ? "" : " (default)") << " but " << a->mem << " has " << mem.size()
+                    << " items" << (a->exclude_self ? " (one left out per query)" : "") << ": using k=" << avail << "\n";
         // --abstain needs the OOD score's neighbors too: search the larger of the two.
         const MemoryInfo info = mem.info();
         if (a->abstain) {
@@ -144,11 +158,14 @@ void add_eval_commands(CLI::App& app) {
           ood_k = info.ood_k ? info.ood_k : 100;
           ood_threshold = a->ood_threshold >= 0 ? a->ood_threshold : info.ood_threshold;
         }
-        auto res = mem.search(q.x.data.data(), q.x.rows, std::max(k, ood_k),
+        auto res = mem.search(q.x.data.data(), q.x.rows, search_k(mem, std::max(k, ood_k)),
                               a->exclude_self ? q.ids : std::vector<std::string>{}, a->threads);
         qs = to_query_neighbors(res, q.ids, q.labels, info.model_id);
-        opt.k = static_cast<int>(std::min<int64_t>(k, mem.size()));
-        ood_k = static_cast<int>(std::min<int64_t>(ood_k, mem.size() - (a->exclude_self ? 1 : 0)));
+        opt.k = static_cast<int>(std::min<int64_t>(k, avail));
+        ood_k = static_cast<int>(std::min<int64_t>(ood_k, avail));
+        const auto labels = mem.labels();
+        if (std::string w = unknown_label_warning(qs, {labels.begin(), labels.end()}, "the memory"); !w.empty())
+          std::cerr << w << "\n";
         if (a->pruning == "memory") apply_memory_pruning(mem, opt);
         if (!a->out_neighbors.empty()) write_neighbor_file(a->out_neighbors, qs);
       }
@@ -164,7 +181,7 @@ void add_eval_commands(CLI::App& app) {
         if (!kept.empty()) ja["kept_methods"] = eval_json(evaluate(kept, opt))["methods"];
         if (a->json) {
           j["abstain"] = ja;
-          std::cout << j.dump() << "\n";
+          std::cout << json_text(j) << "\n";
         } else {
           std::cout << eval_table(r) << "\nabstaining above OOD score " << ood_threshold << " (median distance to "
                     << ood_k << "): kept " << kept.size() << " of " << qs.size() << " queries (" << coverage << "%)\n";
@@ -174,7 +191,7 @@ void add_eval_commands(CLI::App& app) {
       }
       if (a->taxonomy.empty()) {
         if (!a->levels.empty()) throw Error("--levels needs --taxonomy FILE");
-        if (a->json) std::cout << eval_json(r).dump() << "\n";
+        if (a->json) std::cout << json_text(eval_json(r)) << "\n";
         else std::cout << eval_table(r);
         return;
       }
@@ -192,7 +209,7 @@ void add_eval_commands(CLI::App& app) {
       }
       if (a->json) {
         j["levels"] = lv;
-        std::cout << j.dump() << "\n";
+        std::cout << json_text(j) << "\n";
       } else {
         std::cout << "== leaf\n" << eval_table(r);
       }
@@ -213,17 +230,18 @@ void add_eval_commands(CLI::App& app) {
     c->add_option("--embeddings", a->emb, "In-distribution query embeddings .npy instead");
     c->add_flag("--self", a->self, "Use the memory's own items, each leaving itself out");
     c->add_option("--fpr", a->fpr, "Share of in-distribution queries allowed above the threshold")->check(CLI::Range(0.0, 0.999));
-    c->add_option("--k", a->k, "Neighbors for the OOD score (median distance)")->check(CLI::PositiveNumber);
+    c->add_option("--k", a->k, "Neighbors for the OOD score (median distance)")->check(kPositiveInt);
     c->add_flag("--json", a->json, "JSON output");
     c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
-    c->add_option("--threads", a->threads, "Threads (default: all cores)");
-    c->add_option("--batch", a->batch, "Images per encoder batch");
+    c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
+    c->add_option("--batch", a->batch, "Images per encoder batch")->check(kBatchSize);
     c->callback([a] {
-      Memory mem = Memory::open(a->mem);
+      Memory mem = open_memory(a->mem);
+      require_items(mem);
       if (static_cast<int>(!a->query_dir.empty()) + !a->emb.empty() + a->self != 1)
         throw Error("ood-fit needs exactly one of: a query folder, --embeddings Q.npy, --self");
       int k = static_cast<int>(std::min<int64_t>(a->k, mem.size() - (a->self ? 1 : 0)));
-      if (k < 1) throw Error(a->mem + " has too few items");
+      if (k < 1) throw Error("ood-fit --self needs a memory of at least 2 items (each leaves itself out)");
       Queries q;
       std::vector<std::string> self_ids;
       if (a->self) {
@@ -250,8 +268,8 @@ void add_eval_commands(CLI::App& app) {
       int64_t above = std::count_if(scores.begin(), scores.end(), [t](double s) { return s > t; });
       mem.set_ood_threshold(t, k, a->fpr);
       if (a->json) {
-        std::cout << nlohmann::json{{"threshold", t}, {"k", k}, {"fpr_target", a->fpr}, {"queries", scores.size()},
-                                    {"fpr_measured", static_cast<double>(above) / scores.size()}}.dump() << "\n";
+        std::cout << json_text(nlohmann::json{{"threshold", t}, {"k", k}, {"fpr_target", a->fpr}, {"queries", scores.size()},
+                                    {"fpr_measured", static_cast<double>(above) / scores.size()}}) << "\n";
       } else {
         std::printf("OOD threshold %.6f (median distance to %d neighbors), from %zu in-distribution queries:\n"
                     "%lld of them (%.2f%%) score above it (target %.2f%%). Stored in %s; classify --abstain uses it.\n",
@@ -275,28 +293,28 @@ void add_eval_commands(CLI::App& app) {
     c->add_option("images", a->images, "Image files (with a memory bound to a model)");
     c->add_option("--embeddings", a->emb, "Query embeddings .npy instead of images");
     c->add_option("--ids", a->ids, "Query ids, one per line (with --embeddings)");
-    c->add_option("--k", a->k, "Neighbors that vote")->check(CLI::PositiveNumber);
+    c->add_option("--k", a->k, "Neighbors that vote")->check(kPositiveInt);
     c->add_option("--vote", a->vote, "plurality, distance, softmax or rank")
         ->check(CLI::IsMember({"plurality", "distance", "softmax", "rank"}));
     c->add_flag("--json", a->json, "JSON output (every neighbor with its weight)");
-    c->add_option("--show", a->show, "Neighbors to print per query (text output)");
+    c->add_option("--show", a->show, "Neighbors to print per query (text output)")->check(kPositiveInt);
     c->add_option("--taxonomy", a->taxonomy, "Taxonomy file (LEAF<TAB>ROOT > ... > LEAF): a prediction per level");
     c->add_option("--levels", a->levels, "Taxonomy depths to report, e.g. 4,6,8 (default: every depth)");
     c->add_option("--confident", a->confident, "With --taxonomy: answer at the deepest level whose score share >= T")
         ->check(CLI::Range(0.0, 1.0));
     c->add_option("--ood-k", a->ood_k, "Neighbors for the OOD score (median distance; default: the fitted k, else 100)")
-        ->check(CLI::PositiveNumber);
+        ->check(kPositiveInt);
     c->add_option("--ood-threshold", a->ood_threshold, "OOD threshold (default: the one `vismem ood-fit` stored)");
     c->add_flag("--abstain", a->abstain, "Answer no label for queries whose OOD score exceeds the threshold");
     c->add_option("--label-names", a->label_names, "LABEL<TAB>NAME file (e.g. a dataset's classes.tsv): names beside labels");
     c->add_option("--rerank-cmd", a->rerank_cmd, "External re-ranker: gets the query and its k neighbors as JSON on stdin, answers a label");
-    c->add_option("--rerank-timeout", a->rerank_timeout, "Seconds the re-ranker may take per query")->check(CLI::PositiveNumber);
+    c->add_option("--rerank-timeout", a->rerank_timeout, "Seconds the re-ranker may take per query")->check(kPositiveInt);
     c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
-    c->add_option("--threads", a->threads, "Threads (default: all cores)");
-    c->add_option("--batch", a->batch, "Images per encoder batch");
+    c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
+    c->add_option("--batch", a->batch, "Images per encoder batch")->check(kBatchSize);
     c->callback([a] {
-      Memory mem = Memory::open(a->mem);
-      if (mem.size() == 0) throw Error(a->mem + " is empty: add items first");
+      Memory mem = open_memory(a->mem);
+      require_items(mem);
       const MemoryInfo info = mem.info();
       std::optional<Taxonomy> tax;
       std::vector<int> depths;
@@ -334,7 +352,7 @@ void add_eval_commands(CLI::App& app) {
         auto it = names.find(l);
         return it == names.end() || it->second == l ? l : l + " (" + it->second + ")";
       };
-      auto res = mem.search(q.x.data.data(), q.x.rows, std::max(a->k, ood_k), {}, a->threads);
+      auto res = mem.search(q.x.data.data(), q.x.rows, search_k(mem, std::max(a->k, ood_k)), {}, a->threads);
       nlohmann::json out = nlohmann::json::array();
       for (int64_t i = 0; i < q.x.rows; ++i) {
         QueryDecision qd = decide_query(mem, res[i], vote, a->k, ood_k);
@@ -400,7 +418,7 @@ void add_eval_commands(CLI::App& app) {
           std::printf("    %3zu  d=%.4f  w=%.4g  %-20s %s\n", r + 1, nn[r].distance, d.neighbor_weights[r],
                       named(nn[r].label).c_str(), nn[r].id.c_str());
       }
-      if (a->json) std::cout << (out.size() == 1 ? out[0] : out).dump(2) << "\n";
+      if (a->json) std::cout << json_text(out.size() == 1 ? out[0] : out, 2) << "\n";
     });
   }
 }

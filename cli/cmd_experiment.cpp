@@ -34,10 +34,10 @@ void add_experiment_commands(CLI::App& app) {
   c->add_option("--out", a->out, "Results folder: OUT/NAME/report.md, plots (SVG), numbers.json");
   c->add_option("--taxonomy", a->taxonomy, "Taxonomy for the hierarchy experiment (default: DATA/tiny-imagenet/hierarchy_wordnet.tsv)");
   c->add_option("--seed", a->seed, "Seed for random subsets and class splits");
-  c->add_option("--seeds", a->seeds, "Random draws per memory size (scaling)")->check(CLI::PositiveNumber);
-  c->add_option("--k", a->k, "Largest k evaluated")->check(CLI::PositiveNumber);
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
-  c->add_option("--batch", a->batch, "Images per encoder batch (embedding the sets)");
+  c->add_option("--seeds", a->seeds, "Random draws per memory size (scaling)")->check(kPositiveInt);
+  c->add_option("--k", a->k, "Largest k evaluated")->check(kPositiveInt);
+  c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
+  c->add_option("--batch", a->batch, "Images per encoder batch (embedding the sets)")->check(kBatchSize);
   c->callback([a, model_opt] {
     std::vector<std::string> names = a->name == "all" ? experiment_names() : std::vector<std::string>{a->name};
     std::vector<std::string> needed;
@@ -71,13 +71,13 @@ void add_experiment_commands(CLI::App& app) {
         if (!fs::exists(tmp)) Memory::create(tmp, co);
         else Memory::migrate(tmp);
         {
-          Memory m = Memory::open(tmp);
+          Memory m = open_memory(tmp);
           add_image_folder(m, dir, "", a->batch, a->threads, false);
         }
         Memory::rename_files(tmp, db);
       }
       Memory::migrate(db);  // a cache made by an older vismem
-      Memory m = Memory::open(db);
+      Memory m = open_memory(db);
       if (m.size() == 0) throw Error(db + " is empty");
       const MemoryInfo info = m.info();
       if (model_opt->count() > 0) {

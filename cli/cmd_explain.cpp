@@ -32,10 +32,10 @@ void add_explain_commands(CLI::App& app) {
   auto a = std::make_shared<A>();
   c->add_option("memory", a->mem, "Memory file (bound to a model)")->required();
   c->add_option("image", a->image, "Query image file")->required();
-  c->add_option("--k", a->k, "Neighbors that vote")->check(CLI::PositiveNumber);
+  c->add_option("--k", a->k, "Neighbors that vote")->check(kPositiveInt);
   c->add_option("--vote", a->vote, "plurality, distance, softmax or rank")
       ->check(CLI::IsMember({"plurality", "distance", "softmax", "rank"}));
-  c->add_option("--show", a->show, "Neighbors shown (and residual neighbors)")->check(CLI::PositiveNumber);
+  c->add_option("--show", a->show, "Neighbors shown (and residual neighbors)")->check(kPositiveInt);
   c->add_option("--model", a->model, "Encoder override (must match the memory's fingerprint)");
   c->add_option("--image-root", a->image_roots,
                 "Folder where neighbor ids are looked up as files (repeatable; before the folders `vismem add` recorded)");
@@ -44,11 +44,11 @@ void add_explain_commands(CLI::App& app) {
   c->add_flag("--json", a->json, "Print the explanation as one JSON object (thumbnails as data: URIs; as POST /v1/explain)");
   c->add_option("--rerank-cmd", a->rerank_cmd,
                 "Re-ranker: a shell command that reads the query + neighbors as JSON on stdin and prints a label");
-  c->add_option("--rerank-timeout", a->rerank_timeout, "Seconds the re-ranker may take")->check(CLI::PositiveNumber);
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_option("--rerank-timeout", a->rerank_timeout, "Seconds the re-ranker may take")->check(kPositiveInt);
+  c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
   c->callback([a] {
-    Memory mem = Memory::open(a->mem);
-    if (mem.size() == 0) throw Error(a->mem + " is empty: add items first");
+    Memory mem = open_memory(a->mem);
+    require_items(mem);
     auto enc = memory_encoder(mem, a->model);
     Image query = decode_image_file(a->image);
     EmbedOptions eo;
@@ -60,7 +60,7 @@ void add_explain_commands(CLI::App& app) {
     ExplainOptions xo;
     xo.vote = parse_vote(a->vote);
     xo.vote_name = a->vote;
-    xo.k = a->k;
+    xo.k = search_k(mem, a->k);
     xo.show = a->show;
     xo.threads = a->threads;
     xo.thumb_side = kThumbSide;
@@ -74,7 +74,7 @@ void add_explain_commands(CLI::App& app) {
 
     if (!a->rerank_cmd.empty()) {
       // The re-ranker sees the k neighbors that voted, with their image paths.
-      std::vector<Neighbor> nn = mem.search(q.data(), 1, a->k, {}, a->threads).at(0);
+      std::vector<Neighbor> nn = mem.search(q.data(), 1, search_k(mem, a->k), {}, a->threads).at(0);
       std::vector<std::string> paths;
       for (const Neighbor& n : nn) paths.push_back(find_neighbor_image(mem, a->image_roots, n.id));
       nlohmann::json req = rerank_request(a->image, a->image, a->vote, e.k, e.decision.prediction, nn, paths, e.decision);

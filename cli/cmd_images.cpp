@@ -40,6 +40,8 @@ std::vector<float> ready_pixels(const Encoder& enc, const std::string& path, int
     if (a.shape.size() != 4 || a.shape[1] != 3)
       throw Error(path + ": float input must be (N,3,H,W) (" + std::to_string(S) + "x" + std::to_string(S) +
                   " for this model), got " + a.shape_str());
+    if (a.shape[2] < 1 || a.shape[2] > 65535 || a.shape[3] < 1 || a.shape[3] > 65535)
+      throw Error(path + ": float input height and width must be 1..65535, got " + a.shape_str());
     n = a.shape[0];
     h = static_cast<int>(a.shape[2]);
     w = static_cast<int>(a.shape[3]);
@@ -64,8 +66,8 @@ void add_image_commands(CLI::App& app) {
   c->add_option("--input", a->input, "Ready inputs .npy instead of images: uint8 (N,H,W,3) or float32 (N,3,H,W)");
   c->add_flag("--raw", a->raw, "Write the model's own output, not L2-normalized");
   c->add_option("--out", a->out, "Output .npy (N, dim) float32")->required();
-  c->add_option("--batch", a->batch, "Images per encoder batch")->check(CLI::PositiveNumber);
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_option("--batch", a->batch, "Images per encoder batch")->check(kBatchSize);
+  c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
   c->callback([a] {
     auto enc = load_encoder(a->model);
     EmbedOptions eo;
@@ -89,7 +91,7 @@ void add_image_commands(CLI::App& app) {
     if (!r.failed.empty()) {
       // Rows must line up with the arguments: a failed image is an error here.
       std::string msg;
-      for (auto& [i, m] : r.failed) msg += "\n  " + a->images[i] + ": " + m;
+      for (auto& [i, m] : r.failed) msg += (msg.empty() ? " " : "; ") + m;
       throw Error(std::to_string(r.failed.size()) + " image(s) could not be read:" + msg);
     }
     write_npy_f32(a->out, r.embeddings.data(), {static_cast<int64_t>(r.ok.size()), enc->dim()});

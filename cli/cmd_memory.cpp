@@ -7,6 +7,7 @@
 #include "common.h"
 #include "encoder.h"
 #include "error.h"
+#include "json_text.h"
 #include "eval.h"
 #include "neighbors.h"
 #include "pipeline.h"
@@ -51,9 +52,12 @@ std::unique_ptr<Encoder> memory_encoder(const Memory& mem, const std::string& mo
 void add_image_folder(Memory& mem, const std::string& dir, const std::string& model, int batch, int threads,
                       bool upsert) {
   auto enc = memory_encoder(mem, model);
-  std::vector<LabeledImage> all = scan_image_folder(dir);
-  if (all.empty()) throw Error(dir + ": no images found (expected one subfolder per class)");
-  mem.add_image_root(dir);
+  std::vector<std::string> skipped;
+  std::vector<LabeledImage> all = scan_image_folder(dir, &skipped);
+  for (auto& s : skipped) std::cerr << "skipped " << s << "\n";
+  if (all.empty())
+    throw Error(dir + ": no images found (expected one subfolder per class" +
+                (skipped.empty() ? ")" : "; " + std::to_string(skipped.size()) + " skipped)"));
   std::vector<LabeledImage> todo;
   for (auto& li : all)
     if (upsert || !mem.contains(li.id)) todo.push_back(li);
@@ -73,6 +77,7 @@ void add_image_folder(Memory& mem, const std::string& dir, const std::string& mo
   if (recount) mem.set_counts_upkeep(false);
   Progress bar("embedding", static_cast<int64_t>(todo.size()));
   int64_t added = 0, failed = 0;
+  bool root_recorded = false;
   for (size_t start = 0; start < todo.size(); start += chunk) {
     size_t end = std::min(todo.size(), start + chunk);
     std::vector<std::string> paths;
@@ -83,9 +88,13 @@ void add_image_folder(Memory& mem, const std::string& dir, const std::string& mo
     eo.progress = [&](int64_t done, int64_t) { bar.update(static_cast<int64_t>(start) + done); };
     EmbedResult r = embed_images(*enc, paths, eo);
     for (auto& [i, msg] : r.failed) {
-      std::cerr << "\nskipped " << paths[i] << ": " << msg << "\n";
+      std::cerr << "\nskipped " << msg << "\n";
       ++failed;
     }
+    if (r.ok.empty()) continue;  // nothing to write: the memory stays as it was
+    // The folder is where explanations find images: record it once an image from it is in.
+    if (!root_recorded) mem.add_image_root(dir);
+    root_recorded = true;
     std::vector<std::string> ids, labels;
     for (int64_t i : r.ok) {
       ids.push_back(todo[start + i].id);
@@ -95,13 +104,18 @@ void add_image_folder(Memory& mem, const std::string& dir, const std::string& mo
     added += ar.added + ar.replaced;
   }
   bar.finish();
+  if (!todo.empty() && added == 0 && failed == static_cast<int64_t>(todo.size())) {
+    if (recount) mem.set_counts_upkeep(true);
+    throw Error(dir + ": none of the " + std::to_string(todo.size()) +
+                " images could be read (see the messages above); the memory is unchanged");
+  }
   if (recount) {
     std::cerr << "recounting pruning counts (k=" << counts_k << ") for " << mem.size() << " items\n";
     mem.set_counts(compute_prune_counts(mem, counts_k, threads), counts_k);
     mem.set_counts_upkeep(true);
   }
-  std::cout << "added " << added << " images, " << failed << " unreadable (skipped); memory now holds " << mem.size()
-            << " items\n";
+  std::cout << "added " << added << " images, " << failed + static_cast<int64_t>(skipped.size())
+            << " unreadable or badly named (skipped); memory now holds " << mem.size() << " items\n";
 }
 
 void add_memory_commands(CLI::App& app) {
@@ -155,10 +169,10 @@ void add_memory_commands(CLI::App& app) {
     c->add_option("--ids", a->ids, "Ids, one per line (default: FILE#ROW)");
     c->add_flag("--upsert", a->upsert, "Replace items whose id exists (default: duplicate ids are an error; for folders: skipped)");
     c->add_option("--model", a->model, "Encoder to use instead of the one recorded at create (must match its fingerprint)");
-    c->add_option("--batch", a->batch, "Images per encoder batch")->check(CLI::PositiveNumber);
-    c->add_option("--threads", a->threads, "Threads (default: all cores)");
+    c->add_option("--batch", a->batch, "Images per encoder batch")->check(kBatchSize);
+    c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
     c->callback([a] {
-      Memory mem = Memory::open(a->mem);
+      Memory mem = open_memory(a->mem);
       if (!a->dir.empty()) {
         if (!a->emb.empty()) throw Error("give either an image folder or --embeddings, not both");
         add_image_folder(mem, a->dir, a->model, a->batch, a->threads, a->upsert);
@@ -191,20 +205,24 @@ void add_memory_commands(CLI::App& app) {
     c->add_option("--embeddings", a->emb, "Query embeddings .npy (n, d)")->required();
     c->add_option("--ids", a->ids, "Query ids, one per line (default q0, q1, ...)");
     c->add_option("--labels", a->labels, "Query labels, one per line (written as image_class)");
-    c->add_option("--k", a->k, "Neighbors per query")->check(CLI::PositiveNumber);
+    c->add_option("--k", a->k, "Neighbors per query")->check(kPositiveInt);
     c->add_option("--out", a->out, "Neighbor file to write (JSON, SPEC section 7)")->required();
     c->add_flag("--exclude-self", a->exclude_self, "Leave-one-out: a query id found in the memory is not its own neighbor");
-    c->add_option("--threads", a->threads, "Threads (default: all cores)");
+    c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
     c->callback([a] {
-      Memory mem = Memory::open(a->mem);
+      Memory mem = open_memory(a->mem);
+      require_items(mem);
       Matrix q = read_embeddings(a->emb);
       check_dim(mem, q, a->emb);
       auto ids = a->ids.empty() ? std::vector<std::string>{} : read_list(a->ids, q.rows, "ids");
       if (a->exclude_self && ids.empty()) throw Error("--exclude-self needs --ids (the queries' memory ids)");
+      if (a->exclude_self && mem.size() < 2) throw Error("--exclude-self needs a memory of at least 2 items");
       auto labels = a->labels.empty() ? std::vector<std::string>{} : read_list(a->labels, q.rows, "labels");
-      auto res = mem.search(q.data.data(), q.rows, a->k, a->exclude_self ? ids : std::vector<std::string>{}, a->threads);
+      auto res = mem.search(q.data.data(), q.rows, search_k(mem, a->k), a->exclude_self ? ids : std::vector<std::string>{}, a->threads);
       write_neighbor_file(a->out, to_query_neighbors(res, ids, labels, mem.info().model_id));
-      std::cout << "wrote " << q.rows << " neighbor lists (k=" << std::min<int64_t>(a->k, mem.size()) << ") to " << a->out << "\n";
+      // Leave-one-out lists hold one neighbor fewer than the memory has items.
+      const int64_t k = std::min<int64_t>(a->k, mem.size() - (a->exclude_self ? 1 : 0));
+      std::cout << "wrote " << q.rows << " neighbor lists (k=" << k << ") to " << a->out << "\n";
     });
   }
   // remove
@@ -222,7 +240,7 @@ void add_memory_commands(CLI::App& app) {
     c->add_option("--ids-file", a->ids_file, "Ids to remove, one per line");
     c->add_flag("--verify", a->verify, "Print a receipt: ids gone from store and index, no bytes left, same answers as a rebuild");
     c->callback([a] {
-      Memory mem = Memory::open(a->mem);
+      Memory mem = open_memory(a->mem);
       int given = !a->ids.empty() + !a->label.empty() + !a->ids_file.empty();
       if (given != 1) throw Error("remove needs exactly one of --id, --label, --ids-file");
       int64_t n = 0;
@@ -251,14 +269,14 @@ void add_memory_commands(CLI::App& app) {
     c->add_option("memory", *mem, "Memory file")->required();
     c->add_flag("--json", *json, "JSON output");
     c->callback([=] {
-      Memory m = Memory::open(*mem);
+      Memory m = open_memory(*mem);
       MemoryInfo i = m.info();
       std::string counts = i.counts_generation < 0 ? "not computed"
                            : i.counts_stale()      ? "STALE (memory changed since; run `vismem prune` again)"
                                                    : "current (k=" + std::to_string(i.counts_k) + ")";
       if (*json) {
         nlohmann::json j = memory_info_json(i);
-        std::cout << j.dump(2) << "\n";
+        std::cout << json_text(j, 2) << "\n";
         return;
       }
       std::cout << "memory      " << i.path << "\n"

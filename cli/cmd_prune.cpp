@@ -1,10 +1,10 @@
 // prune: leave-one-out wrong/correct counts and the pruning mode classify/eval apply.
-#include <fstream>
 #include <iostream>
 
 #include "common.h"
 #include "error.h"
 #include "prune.h"
+#include "textio.h"
 
 namespace vismem::cli {
 
@@ -18,15 +18,15 @@ void add_prune_commands(CLI::App& app) {
   };
   auto a = std::make_shared<A>();
   c->add_option("memory", a->mem, "Memory file")->required();
-  c->add_option("--k", a->k, "Neighbors per self-query (default: the stored counts' k, else 100)");
+  c->add_option("--k", a->k, "Neighbors per self-query (default: the stored counts' k, else 100)")->check(kPositiveInt);
   c->add_option("--out", a->out, "Write id<TAB>wrong<TAB>correct");
   c->add_option("--mode", a->mode, "none | hard (exclude items with wrong >= threshold) | soft (weight 1.75/(1+wrong))")
       ->check(CLI::IsMember({"none", "hard", "soft"}));
   c->add_option("--threshold", a->threshold, "Hard pruning: exclude items with wrong-count >= T");
   c->add_flag("--recompute", a->recompute, "Recompute the counts even if they are current");
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
   c->callback([a] {
-    Memory mem = Memory::open(a->mem);
+    Memory mem = open_memory(a->mem);
     MemoryInfo info = mem.info();
     int k = a->k ? a->k : (info.counts_k ? info.counts_k : 100);
     bool current = info.counts_generation >= 0 && !info.counts_stale() && info.counts_k == k;
@@ -50,10 +50,10 @@ void add_prune_commands(CLI::App& app) {
     int64_t ever_wrong = 0;
     for (const auto& it : items) ever_wrong += it.wrong > 0;
     if (!a->out.empty()) {
-      std::ofstream f(a->out);
-      if (!f) throw Error("cannot write " + a->out);
-      for (const auto& it : items) f << it.id << '\t' << it.wrong << '\t' << it.correct << '\n';
-      if (!f) throw Error("write failed: " + a->out);
+      std::string text;
+      for (const auto& it : items)
+        text += tsv_field(it.id, "id") + '\t' + std::to_string(it.wrong) + '\t' + std::to_string(it.correct) + '\n';
+      write_text_file(a->out, text);
     }
     if (!a->mode.empty()) {
       if (a->mode == "hard" && a->threshold <= 0) throw Error("--mode hard needs --threshold T (> 0)");

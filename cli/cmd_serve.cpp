@@ -65,10 +65,10 @@ void add_serve_commands(CLI::App& app) {
   c->add_option("--port", a->port, "Port (0: any free port, printed)")->check(CLI::Range(0, 65535));
   c->add_flag("--read-only", a->read_only, "Refuse /v1/add and /v1/remove");
   c->add_option("--model", a->model, "Encoder for image requests (default: the memory's model)");
-  c->add_option("--k", a->k, "Default k for /v1/classify")->check(CLI::PositiveNumber);
+  c->add_option("--k", a->k, "Default k for /v1/classify")->check(kPositiveInt);
   c->add_option("--vote", a->vote, "Default rule for /v1/classify")
       ->check(CLI::IsMember({"plurality", "distance", "softmax", "rank"}));
-  c->add_option("--threads", a->threads, "Search threads per request (default: all cores)");
+  c->add_option("--threads", a->threads, "Search threads per request (default: all cores)")->check(kThreadCount);
   c->add_option("--tokens", a->tokens, "Token file (`vismem token`): every /v1 endpoint and /metrics then need "
                                        "\"Authorization: Bearer TOKEN\" (write scope for add/remove)");
   c->add_flag("--generate-token", a->generate_token, "Make a write token for this run and print it once (kept only as a hash)");
@@ -123,7 +123,7 @@ void add_serve_commands(CLI::App& app) {
     struct sigaction old_int {};
     sigaction(SIGINT, nullptr, &old_int);
     if (old_int.sa_handler != SIG_IGN) sigaction(SIGINT, &sa, nullptr);  // started with SIGINT ignored: keep it so
-    Server srv(Memory::open(a->mem), o);
+    Server srv(open_memory(a->mem), o);
     int port = srv.bind(a->host, a->port);
     const bool v6 = a->host.find(':') != std::string::npos && a->host.front() != '[';
     if (!generated.empty()) std::cout << "write token (shown once): " << generated << std::endl;

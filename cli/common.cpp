@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -22,6 +23,10 @@ Matrix read_embeddings(const std::string& path) {
   if (a.dtype != DType::f32 && a.dtype != DType::f16)
     throw Error(path + ": embeddings must be float32 or float16, not another dtype");
   if (a.shape.size() != 2) throw Error(path + ": embeddings must be a 2-D array (n, d), got shape " + a.shape_str());
+  if (a.shape[0] < 1) throw Error(path + ": embeddings have no rows, shape " + a.shape_str());
+  // d is an int everywhere after this: refuse it rather than narrow it.
+  if (a.shape[1] < 1 || a.shape[1] > (1 << 24))
+    throw Error(path + ": embedding dimension " + std::to_string(a.shape[1]) + " is out of range [1, 16777216]");
   Matrix m;
   m.rows = a.shape[0];
   m.cols = static_cast<int>(a.shape[1]);
@@ -82,7 +87,24 @@ std::vector<std::string> read_list(const std::string& path, int64_t expected, co
   if (expected > 0 && static_cast<int64_t>(lines.size()) != expected)
     throw Error(path + ": " + std::to_string(lines.size()) + " " + what + " for " + std::to_string(expected) +
                 " embeddings (one per line expected)");
+  for (size_t i = 0; i < lines.size(); ++i) check_item_text(path + ":" + std::to_string(i + 1) + ":", lines[i]);
   return lines;
+}
+
+Memory open_memory(const std::string& path) {
+  try {
+    Memory m = Memory::open(path);
+    (void)m.info();  // parses every stored value once, so a corrupt one is reported here
+    return m;
+  } catch (const std::logic_error& e) {  // std::stoi and friends: invalid_argument, out_of_range
+    throw Error(path + ": corrupt memory file: a stored value is not a valid number (" + e.what() + ")");
+  }
+}
+
+int search_k(const Memory& mem, int64_t k) { return static_cast<int>(std::max<int64_t>(1, std::min(k, mem.size()))); }
+
+void require_items(const Memory& mem) {
+  if (mem.size() == 0) throw Error(mem.path() + " is empty: add items first");
 }
 
 static double now_s() {

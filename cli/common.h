@@ -14,6 +14,16 @@
 
 namespace vismem::cli {
 
+// Integer options: CLI11 refuses a value that does not fit the variable (it
+// never narrows: --k 4294967298 is an error, not 2); these bound the rest.
+inline const CLI::Range kPositiveInt(1, 1 << 30, "POSITIVE");
+inline const CLI::Range kThreadCount(0, 4096, "THREADS");
+inline const CLI::Range kBatchSize(1, 4096, "BATCH");
+
+// The k to ask a search for: at most the memory's size (a larger k would only
+// size buffers for neighbors that do not exist).
+int search_k(const Memory& mem, int64_t k);
+
 // A .npy of embeddings: float32/float16, 2-D, C order. Returns n * d floats.
 struct Matrix {
   int64_t rows = 0;
@@ -48,6 +58,13 @@ class Progress {
   double start_, last_ = 0;
   int64_t shown_ = -1;
 };
+
+// Memory::open, with a corrupt stored value (a number that does not parse)
+// reported as a problem of this file, not a bare "stoi".
+Memory open_memory(const std::string& path);
+// Throws "PATH is empty: add items first" for a memory without items: every
+// command that searches needs at least one neighbor.
+void require_items(const Memory& mem);
 
 // The encoder a memory was created with (or model_override), checked against
 // the memory's fingerprint and dimension.

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <stdexcept>
 
 #include "common.h"
 #include "error.h"
@@ -39,10 +40,20 @@ int main(int argc, char** argv) {
   vismem::cli::add_serve_commands(app);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::Success& e) {  // --help, --help-all
     return app.exit(e);
+  } catch (const CLI::ConversionError& e) {
+    // A number that does not parse or does not fit its type (never narrowed).
+    std::cerr << "error: " << e.what() << " (not a whole number in range)\n";
+    return 1;
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
   } catch (const vismem::Error& e) {
     std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::length_error& e) {  // a size field no reader caught: never a bare "vector::_M_..." line
+    std::cerr << "error: an input asks for more memory than can exist (a corrupt size?): " << e.what() << "\n";
     return 1;
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of memory\n";

@@ -359,7 +359,7 @@ TEST(ImageDecode, CmykAndYcckJpegAsPil) {
   }
 }
 
-TEST(ImageDecode, Png16BitLikePil) {
+TEST(ImageDecode, Png16Bit) {
   const int w = 5, h = 3;
   std::mt19937 rng(3);
   // 16-bit RGB and RGBA: PIL keeps the high byte (truncation, not rounding).
@@ -377,17 +377,31 @@ TEST(ImageDecode, Png16BitLikePil) {
     const auto png = encode_png(w, h, 16, color, rows);
     expect_rgb_eq(vismem::decode_image(png.data(), png.size(), "rgb16.png"), w, h, expect, "16-bit RGB(A)");
   }
-  // 16-bit gray: PIL opens it as "I;16" and convert("RGB") saturates at 255.
+  // 16-bit gray: the picture, i.e. the high byte (PIL would clip each value to
+  // 255 and show it almost white: the one place we differ, see image.h).
   const uint16_t grays[] = {0, 1, 127, 255, 256, 1000, 0x8000, 0xFFFF, 0x00FF, 0x0100, 42, 200, 300, 254, 0x7F80};
   std::vector<uint8_t> rows, expect;
   for (const uint16_t v : grays) {
     rows.push_back(uint8_t(v >> 8));
     rows.push_back(uint8_t(v));
-    const uint8_t e = v > 255 ? 255 : uint8_t(v);
-    expect.insert(expect.end(), {e, e, e});
+    expect.insert(expect.end(), {uint8_t(v >> 8), uint8_t(v >> 8), uint8_t(v >> 8)});
   }
   auto png = encode_png(w, h, 16, PNG_COLOR_TYPE_GRAY, rows);
   expect_rgb_eq(vismem::decode_image(png.data(), png.size(), "gray16.png"), w, h, expect, "16-bit gray");
+  // The same picture saved as 8-bit and as 16-bit gray (v * 257) decodes to the same pixels.
+  {
+    std::vector<uint8_t> rows8, rows16, expect8;
+    for (int p = 0; p < w * h; ++p) {
+      const uint8_t v = uint8_t(rng());
+      rows8.push_back(v);
+      rows16.insert(rows16.end(), {v, v});  // v * 257, big-endian
+      expect8.insert(expect8.end(), {v, v, v});
+    }
+    const auto p8 = encode_png(w, h, 8, PNG_COLOR_TYPE_GRAY, rows8);
+    const auto p16 = encode_png(w, h, 16, PNG_COLOR_TYPE_GRAY, rows16);
+    expect_rgb_eq(vismem::decode_image(p8.data(), p8.size(), "gray8.png"), w, h, expect8, "8-bit gray");
+    expect_rgb_eq(vismem::decode_image(p16.data(), p16.size(), "gray16b.png"), w, h, expect8, "16-bit gray = 8-bit gray");
+  }
   // 16-bit gray + alpha: the gray's high byte, replicated.
   rows.clear();
   expect.clear();
@@ -720,4 +734,74 @@ TEST(ImagePath, Extensions) {
     EXPECT_TRUE(vismem::is_image_path(p)) << p;
   for (const char* p : {"a.gif", "b", "dir.jpg/readme", "c.jpg.txt", "d.tiff", ".", ""})
     EXPECT_FALSE(vismem::is_image_path(p)) << p;
+}
+
+namespace {
+
+// The JPEG with its frame header (SOF0 / SOF2) patched to claim w x h pixels.
+std::vector<uint8_t> claim_jpeg_size(std::vector<uint8_t> jpg, int w, int h) {
+  for (size_t i = 2; i + 9 < jpg.size(); ++i)
+    if (jpg[i] == 0xFF && (jpg[i + 1] == 0xC0 || jpg[i + 1] == 0xC2)) {
+      jpg[i + 5] = uint8_t(h >> 8), jpg[i + 6] = uint8_t(h), jpg[i + 7] = uint8_t(w >> 8), jpg[i + 8] = uint8_t(w);
+      return jpg;
+    }
+  ADD_FAILURE() << "no frame header";
+  return jpg;
+}
+
+std::string decode_error(const std::vector<uint8_t>& bytes, const std::string& name) {
+  try {
+    vismem::decode_image(bytes.data(), bytes.size(), name);
+  } catch (const vismem::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+// A few hundred bytes whose header claims 13000 x 13000 (169 MP, under PIL's
+// pixel limit) used to decode to a blank image at 0.5-1 GB each: now refused
+// before anything is allocated, in every format.
+TEST(ImageDecode, HeaderClaimingMorePixelsThanTheBytesCodeIsRefused) {
+  const int w = 16, h = 16;
+  const auto rgb = random_bytes(size_t(w) * h * 3, 9);
+  for (const bool progressive : {false, true}) {
+    const auto jpg = claim_jpeg_size(encode_jpeg(rgb, w, h, 3, JCS_RGB, JCS_YCbCr, 80, progressive), 13000, 13000);
+    ASSERT_LT(jpg.size(), 2000u);
+    const std::string err = decode_error(jpg, "bomb.jpg");
+    EXPECT_NE(err.find("bomb.jpg: JPEG header claims 13000x13000 pixels"), std::string::npos) << err;
+    EXPECT_NE(err.find("decompression bomb"), std::string::npos) << err;
+  }
+  // Lossless WebP: width-1 and height-1 are 14-bit fields after the VP8L signature byte.
+  uint8_t* out = nullptr;
+  const size_t n = WebPEncodeLosslessRGB(rgb.data(), w, h, w * 3, &out);
+  ASSERT_GT(n, 25u);
+  std::vector<uint8_t> webp(out, out + n);
+  WebPFree(out);
+  ASSERT_EQ(std::memcmp(webp.data() + 12, "VP8L", 4), 0);
+  uint32_t bits = uint32_t(webp[21]) | uint32_t(webp[22]) << 8 | uint32_t(webp[23]) << 16 | uint32_t(webp[24]) << 24;
+  bits = (bits & ~((1u << 28) - 1)) | (13000u - 1) | ((13000u - 1) << 14);
+  for (int i = 0; i < 4; ++i) webp[21 + i] = uint8_t(bits >> (8 * i));
+  const std::string err = decode_error(webp, "bomb.webp");
+  EXPECT_NE(err.find("bomb.webp: WebP header claims 13000x13000 pixels"), std::string::npos) << err;
+  // Over PIL's limit stays refused in every format too.
+  const auto big = claim_jpeg_size(encode_jpeg(rgb, w, h, 3, JCS_RGB, JCS_YCbCr, 80, false), 20000, 20000);
+  EXPECT_NE(decode_error(big, "huge.jpg").find("more than the 178956970 pixels"), std::string::npos);
+}
+
+// The bound costs nothing real: the most compressible picture there is (one
+// flat color), 4 MP in a few kilobytes, still decodes, baseline and progressive.
+TEST(ImageDecode, FlatLargeJpegStillDecodes) {
+  const int w = 2048, h = 2048;
+  const std::vector<uint8_t> flat(size_t(w) * h * 3, 77);
+  for (const bool progressive : {false, true}) {
+    const auto jpg = encode_jpeg(flat, w, h, 3, JCS_RGB, JCS_YCbCr, 90, progressive);
+    const Image img = vismem::decode_image(jpg.data(), jpg.size(), "flat.jpg");
+    EXPECT_EQ(img.width, w);
+    EXPECT_EQ(img.height, h);
+    EXPECT_NEAR(int(img.rgb[size_t(w) * h * 3 / 2]), 77, 2);
+    std::printf("  flat %dx%d %s JPEG: %zu bytes (%.0f pixels per byte; the bound is 512)\n", w, h,
+                progressive ? "progressive" : "baseline", jpg.size(), double(w) * h / double(jpg.size()));
+  }
 }

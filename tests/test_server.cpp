@@ -3,6 +3,7 @@
 // nothing when refused, concurrent readers with a writer, image requests.
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <sqlite3.h>
 
 #include <atomic>
 #include <filesystem>
@@ -546,7 +547,17 @@ TEST(ServerLimits, InvalidUtf8IdsComeBackAsJson) {
   {
     Memory m = Memory::open(f.t / "m.db");
     std::vector<float> y(f.x.begin(), f.x.begin() + f.d);  // the same vector as i0: a neighbor of it
-    m.add({"caf\xe9.jpg"}, {"c\xff"}, y.data());
+    m.add({"cafe.jpg"}, {"c"}, y.data());
+  }
+  {
+    // add refuses such ids now; a memory made before that (and migrated) can still hold them.
+    sqlite3* h = nullptr;
+    ASSERT_EQ(sqlite3_open((f.t / "m.db").c_str(), &h), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(h, "UPDATE items SET id = CAST(X'636166E92E6A7067' AS TEXT), label = CAST(X'63FF' AS TEXT) "
+                              "WHERE id = 'cafe.jpg'",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(h);
   }
   Running s(Memory::open(f.t / "m.db"), {});
   auto c = s.client();

@@ -381,7 +381,7 @@ class PyEncoder {
     if (!r.failed.empty()) {
       // Rows must line up with the inputs: an unreadable image is an error (as `vismem embed`).
       std::string msg;
-      for (auto& [i, m] : r.failed) msg += "\n  " + paths[i] + ": " + m;
+      for (auto& [i, m] : r.failed) msg += (msg.empty() ? " " : "; ") + m;  // m names the file
       bool missing = false;
       for (auto& [i, m] : r.failed) missing = missing || !path_exists(paths[i]);
       throw FileError(std::to_string(r.failed.size()) + " image(s) could not be read:" + msg, missing && r.failed.size() == 1);

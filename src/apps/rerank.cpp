@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "error.h"
+#include "json_text.h"
 
 extern char** environ;
 
@@ -136,7 +137,7 @@ RerankAnswer parse_rerank_answer(const std::string& out) {
 RerankAnswer run_rerank(const std::string& cmd, const nlohmann::json& request, int timeout_s) {
   if (trim(cmd).empty()) throw Error("re-ranker: empty command");
   if (timeout_s <= 0) throw Error("re-ranker: the timeout must be a positive number of seconds");
-  const std::string input = request.dump() + "\n";
+  const std::string input = json_text(request) + "\n";
   const std::string who = "re-ranker `" + cmd + "`";
 
   Pipe in, out, err;

@@ -38,6 +38,30 @@ void check_size(int64_t w, int64_t h, const std::string& name) {
                 ", more than the " + std::to_string(kMaxPixels) + " pixels vismem decodes (decompression bomb?)");
 }
 
+// What one decode may allocate, relative to the input's size. A header may
+// claim any size; the pixels must be paid for by coded bytes, or a 600-byte
+// file would cost a gigabyte (and decode to a blank image).
+// - Huffman JPEG: every 8x8 block of the largest component costs at least one
+//   bit in the first (or only) scan, so a file codes at most 512 pixels per
+//   byte: a hard bound, no valid file is refused.
+// - Arithmetic-coded JPEG and WebP can spend less than a bit per block, so
+//   there is no such bound: up to kFreePixels (a 16 MP photo) always, beyond
+//   that at most kPixelsPerByte pixels per byte of input.
+// PNG has its own bound (deflate's 1032:1) in decode_png; BMP needs every
+// pixel's bytes present before anything is allocated.
+constexpr int64_t kJpegHuffmanPixelsPerByte = 512;
+constexpr int64_t kFreePixels = int64_t(1) << 24;
+constexpr int64_t kPixelsPerByte = 1024;
+
+void check_budget(int64_t w, int64_t h, size_t bytes, int64_t px_per_byte, bool free_floor, const std::string& what,
+                  const std::string& name) {
+  const int64_t pixels = w * h;  // both already checked by check_size: no overflow
+  const int64_t coded = px_per_byte * static_cast<int64_t>(std::min<size_t>(bytes, size_t(1) << 40));
+  if (pixels <= coded || (free_floor && pixels <= kFreePixels)) return;
+  throw Error(name + ": " + what + " header claims " + std::to_string(w) + "x" + std::to_string(h) + " pixels, more than " +
+              std::to_string(bytes) + " bytes can code (corrupt, truncated or a decompression bomb)");
+}
+
 Image make_image(int64_t w, int64_t h) {
   Image img;
   img.width = int(w);
@@ -131,6 +155,10 @@ Image decode_jpeg(const uint8_t* data, size_t size, const std::string& name) {
   if (comps != 1 && comps != 3 && comps != 4)
     throw Error(name + ": cannot handle a JPEG with " + std::to_string(comps) + " components");
   check_size(d.cinfo.image_width, d.cinfo.image_height, name);
+  if (d.cinfo.arith_code)
+    check_budget(d.cinfo.image_width, d.cinfo.image_height, size, kPixelsPerByte, true, "JPEG", name);
+  else
+    check_budget(d.cinfo.image_width, d.cinfo.image_height, size, kJpegHuffmanPixelsPerByte, false, "JPEG", name);
   // PIL's settings: rawmode L / RGB / CMYK;I, default (ISLOW) DCT, fancy upsampling,
   // and libjpeg's own guess of the stored color space (YCbCr, RGB, YCCK, CMYK).
   d.cinfo.out_color_space = comps == 1 ? JCS_GRAYSCALE : (comps == 3 ? JCS_RGB : JCS_CMYK);
@@ -277,7 +305,7 @@ Image decode_png(const uint8_t* data, size_t size, const std::string& name) {
       switch (color) {
         case PNG_COLOR_TYPE_GRAY: {
           uint8_t v;
-          if (depth == 16) v = p[0] != 0 ? 255 : p[1];  // "I;16" -> RGB saturates
+          if (depth == 16) v = p[0];  // the high byte, as for 16-bit RGB (PIL saturates here: see image.h)
           else if (depth == 8) v = p[0];
           else v = uint8_t(p[0] * (255 / ((1 << depth) - 1)));  // bit replication, as PIL's L;2 / L;4 / 1
           o[0] = o[1] = o[2] = v;
@@ -324,6 +352,7 @@ Image decode_webp(const uint8_t* data, size_t size, const std::string& name) {
   if (st != VP8_STATUS_OK) throw Error(name + ": corrupt or unsupported WebP (" + webp_status(st) + ")");
   if (f.has_animation) throw Error(name + ": animated WebP is not supported");
   check_size(f.width, f.height, name);
+  check_budget(f.width, f.height, size, kPixelsPerByte, true, "WebP", name);
   Image img = make_image(f.width, f.height);
   WebPDecoderConfig cfg;
   if (!WebPInitDecoderConfig(&cfg)) throw Error(name + ": libwebp version mismatch");

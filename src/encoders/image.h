@@ -13,17 +13,22 @@
 //   or YCCK and converted with PIL's cmyk2rgb formula;
 // - PNG: palettes expanded (an index past the palette gives black, as in
 //   Pillow), alpha and tRNS dropped (not composited), 1/2/4-bit gray scaled by
-//   bit replication, 16-bit RGB/RGBA/gray+alpha reduced to the high byte;
-//   16-bit grayscale is clipped to 255 (PIL opens it as "I;16" and its
-//   convert("RGB") saturates, so most 16-bit gray photos come out white:
-//   that is what the reference pipeline feeds the model, so we keep it);
+//   bit replication, 16-bit RGB/RGBA/gray/gray+alpha reduced to the high byte.
+//   One difference from PIL: PIL opens 16-bit grayscale as "I;16" and its
+//   convert("RGB") clips every value to 255, so most 16-bit gray photos come
+//   out almost white; we decode the picture (the high byte, as PIL does for
+//   16-bit RGB), so a 16-bit gray PNG embeds like its 8-bit version;
 // - WebP: libwebp, still images only (animated WebP is refused);
 // - BMP: uncompressed 1/4/8-bit paletted, 24-bit, 32-bit (BI_RGB or
 //   byte-aligned BI_BITFIELDS), bottom-up and top-down. RLE and 16-bit are refused.
 // EXIF orientation and ICC profiles are ignored, as PIL.open does.
 // Corrupt or truncated files (including a JPEG that ends early, which
 // libjpeg would pad with gray) throw vismem::Error naming the file. Images
-// over 178,956,970 pixels are refused (PIL's decompression-bomb limit).
+// over 178,956,970 pixels are refused (PIL's decompression-bomb limit), in
+// every format; and a header may not claim more pixels than the file's bytes
+// can code (Huffman JPEG: 512 per byte, a hard bound of the format; PNG:
+// deflate's 1032:1; arithmetic JPEG and WebP: 1024 per byte beyond 16 MP),
+// so a tiny file cannot cost gigabytes.
 // Thread safety: pure functions over values; safe to call from many threads.
 #pragma once
 #include <cstddef>

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <string_view>
 
 #include "error.h"
 #include "image.h"
 #include "linalg.h"
 #include "memory.h"
+#include "textio.h"
 
 namespace vismem {
 
@@ -35,7 +37,9 @@ EmbedResult embed_images(const Encoder& enc, const std::vector<std::string>& pat
         good[i] = 1;
       } catch (const std::exception& e) {
         good[i] = 0;
-        errors[i] = e.what();
+        // Decoder messages already start with the path; name it exactly once.
+        const std::string& path = paths[s + i];
+        errors[i] = std::string_view(e.what()).starts_with(path + ":") ? e.what() : path + ": " + e.what();
       }
     }
     // Compact the good images to the front so the encoder sees one dense batch.
@@ -61,19 +65,46 @@ EmbedResult embed_images(const Encoder& enc, const std::vector<std::string>& pat
   return r;
 }
 
-std::vector<LabeledImage> scan_image_folder(const std::string& dir) {
+namespace {
+
+// ".ipynb_checkpoints", ".DS_Store", "._photo.jpg" (macOS resource forks):
+// tools' leftovers, never data.
+bool hidden(const fs::path& p) {
+  const std::string name = p.filename().string();
+  return !name.empty() && name[0] == '.';
+}
+
+}  // namespace
+
+std::vector<LabeledImage> scan_image_folder(const std::string& dir, std::vector<std::string>* skipped) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw Error(dir + ": not a directory");
   std::vector<LabeledImage> out;
+  auto skip = [&](const fs::path& p, const std::string& why) {
+    if (skipped) skipped->push_back(printable(p.string()) + ": " + why);
+  };
   for (const auto& cls : fs::directory_iterator(dir)) {
-    if (!cls.is_directory()) continue;
+    if (!cls.is_directory() || hidden(cls.path())) continue;
     std::string label = cls.path().filename().string();
-    for (const auto& f : fs::recursive_directory_iterator(cls.path())) {
+    if (std::string why = item_text_problem(label); !why.empty()) {
+      skip(cls.path(), "class folder name " + why + " (a label must be UTF-8 without control characters; rename it)");
+      continue;
+    }
+    for (auto it = fs::recursive_directory_iterator(cls.path()); it != fs::recursive_directory_iterator(); ++it) {
+      const fs::directory_entry& f = *it;
+      if (hidden(f.path())) {
+        if (f.is_directory()) it.disable_recursion_pending();
+        continue;
+      }
       if (!f.is_regular_file() || !is_image_path(f.path().string())) continue;
       LabeledImage li;
       li.path = f.path().string();
       li.id = f.path().lexically_relative(fs::path(dir)).generic_string();
       li.label = label;
+      if (std::string why = item_text_problem(li.id); !why.empty()) {
+        skip(f.path(), "file name " + why + " (an id must be UTF-8 without control characters; rename it)");
+        continue;
+      }
       out.push_back(std::move(li));
     }
   }

@@ -31,7 +31,7 @@ struct EmbedOptions {
 struct EmbedResult {
   std::vector<int64_t> ok;                              // indices into the input that were embedded
   std::vector<float> embeddings;                        // ok.size() * dim, row-major
-  std::vector<std::pair<int64_t, std::string>> failed;  // (index, error message)
+  std::vector<std::pair<int64_t, std::string>> failed;  // (index, "PATH: why"): the message names the file once
 };
 
 EmbedResult embed_images(const Encoder& enc, const std::vector<std::string>& paths, const EmbedOptions& opt = {});
@@ -42,7 +42,10 @@ struct LabeledImage {
   std::string label;  // the class subfolder's name
 };
 // An ImageFolder: one subfolder per class, image files inside (recursively);
-// sorted by (label, id) so runs are reproducible. Non-image files are ignored.
-std::vector<LabeledImage> scan_image_folder(const std::string& dir);
+// sorted by (label, id) so runs are reproducible. Non-image files and hidden
+// files and folders (name starting with '.', e.g. .ipynb_checkpoints) are
+// ignored. Images whose id or label is not valid text (see check_item_text)
+// are left out and, if skipped is given, listed there as "path: why".
+std::vector<LabeledImage> scan_image_folder(const std::string& dir, std::vector<std::string>* skipped = nullptr);
 
 }  // namespace vismem

@@ -359,8 +359,9 @@ Model parse_model(std::vector<uint8_t> bytes, const std::string& name) {
       int64_t numel = 1;
       for (int32_t d : x.shape) {
         if (d < 0) b.fail(who + " has a negative dimension " + shape_str(x.shape));
+        // Checked before multiplying: the product of two big dimensions overflows int64.
+        if (d > 0 && numel > (int64_t{1} << 40) / d) b.fail(who + " is impossibly large " + shape_str(x.shape));
         numel *= d;
-        if (numel > (int64_t{1} << 40)) b.fail(who + " is impossibly large " + shape_str(x.shape));
       }
       int8_t type = t.scalar<int8_t>(1, 0);
       if (!known_type(type)) b.fail(who + " has unsupported type " + std::to_string(type));

@@ -34,9 +34,9 @@ namespace {
 
 int json_int(const json& j, const char* key, int def, const std::string& where) {
   if (!j.contains(key) || j[key].is_null()) return def;
-  const json& v = j[key];
-  // image_size may be [h, w] in some configs; we support square only.
-  if (v.is_array() && v.size() == 2 && v[0].is_number_integer() && v[0] == v[1]) return v[0].get<int>();
+  // image_size may be [h, w] in some configs; we support square only. Either
+  // way the value is range-checked below, never narrowed.
+  const json& v = j[key].is_array() && j[key].size() == 2 && j[key][0] == j[key][1] ? j[key][0] : j[key];
   if (!v.is_number_integer()) throw Error(where + ": '" + key + "' is not an integer");
   const int64_t x = v.get<int64_t>();
   if (x < 0 || x > (1 << 20)) throw Error(where + ": '" + key + "' = " + std::to_string(x) + " is out of range");

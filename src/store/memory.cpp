@@ -27,6 +27,7 @@
 #include "error.h"
 #include "flat_index.h"
 #include "prune.h"
+#include "textio.h"
 
 namespace vismem {
 
@@ -980,6 +981,8 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
   for (int64_t i = 0; i < n; ++i) {
     if (ids[i].empty()) throw Error("add: item " + std::to_string(i) + " has an empty id");
     if (labels[i].empty()) throw Error("add: item '" + ids[i] + "' has an empty label");
+    check_item_text("add: id", ids[i]);
+    check_item_text("add: label of '" + ids[i] + "':", labels[i]);
     if (!batch.insert(ids[i]).second) throw Error("add: id '" + ids[i] + "' appears twice in the batch");
   }
   WriterGuard writer(I);  // one writer at a time, in any process

@@ -1,10 +1,12 @@
 #include "npy.h"
 
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "error.h"
+#include "textio.h"
 
 namespace vismem {
 
@@ -180,25 +182,27 @@ NpyArray parse_npy(const uint8_t* bytes, size_t size, const std::string& name) {
   else if (descr == "<i4" || descr == "=i4") a.dtype = DType::i32;
   else if (descr == "<i8" || descr == "=i8") a.dtype = DType::i64;
   else throw Error(name + ": unsupported dtype '" + descr + "' (float32, float16, float64, uint8, int32, int64 little-endian)");
+  if (shape_s.size() < 2 || shape_s.front() != '(' || shape_s.back() != ')')
+    throw Error(name + ": malformed shape '" + printable(shape_s) + "' in .npy header (expected a tuple)");
   std::string inner = shape_s.substr(1, shape_s.size() - 2);
   std::stringstream ss(inner);
   std::string tok;
   while (std::getline(ss, tok, ',')) {
-    size_t b = tok.find_first_not_of(" \t");
-    if (b == std::string::npos) continue;
-    try {
-      long long v = std::stoll(tok.substr(b));
-      if (v < 0) throw Error(name + ": negative dimension in shape");
-      a.shape.push_back(v);
-    } catch (const std::logic_error&) {
-      throw Error(name + ": malformed shape " + shape_s);
-    }
+    if (tok.find_first_not_of(" \t") == std::string::npos) continue;
+    a.shape.push_back(parse_int(tok, 0, INT64_MAX, name + ": shape " + shape_s));
   }
-  size_t data_start = header_start + header_len;
-  uint64_t need = static_cast<uint64_t>(a.numel()) * a.itemsize();
-  if (a.numel() < 0 || size - data_start < need)
+  // The byte count is computed with overflow checks: a shape whose product
+  // wraps past 2^64 would otherwise pass the size check with a tiny file.
+  const size_t data_start = header_start + header_len;
+  const uint64_t have = size - data_start;
+  uint64_t need = a.itemsize();
+  for (int64_t dim : a.shape)
+    if (__builtin_mul_overflow(need, static_cast<uint64_t>(dim), &need) || need > uint64_t(INT64_MAX))
+      throw Error(name + ": shape " + a.shape_str() + " is too large (more than 2^63 bytes; the file has " +
+                  std::to_string(have) + ")");
+  if (have < need)
     throw Error(name + ": truncated .npy data: shape " + a.shape_str() + " needs " + std::to_string(need) +
-                " bytes, file has " + std::to_string(size - data_start));
+                " bytes, file has " + std::to_string(have));
   a.data.assign(bytes + data_start, bytes + data_start + need);
   return a;
 }

@@ -59,6 +59,7 @@ EvalResult evaluate(const std::vector<QueryNeighbors>& qs, const EvalOptions& op
   EvalResult r;
   r.queries = static_cast<int64_t>(qs.size());
   r.k = static_cast<int>(iq.inputs[0].labels.size());
+  if (r.k < 1) throw Error("evaluation needs at least one neighbor per query (k = 0)");
   for (size_t i = 0; i < qs.size(); ++i)
     if (iq.truths[i].empty()) throw Error("query '" + qs[i].query_id + "' has no true label (image_class)");
   for (Vote v : opt.votes) {
@@ -93,6 +94,27 @@ nlohmann::ordered_json eval_json(const EvalResult& r) {
   out["queries"] = r.queries;
   out["methods"] = std::move(methods);
   return out;
+}
+
+std::string unknown_label_warning(const std::vector<QueryNeighbors>& qs, const std::unordered_set<std::string>& known,
+                                  const std::string& where) {
+  int64_t unknown = 0;
+  std::string example;
+  for (const auto& q : qs) {
+    if (q.true_labels.empty()) continue;
+    bool any = false;
+    for (const auto& t : q.true_labels) any = any || known.count(t);
+    if (any) continue;
+    if (example.empty()) example = q.true_labels[0];
+    ++unknown;
+  }
+  if (unknown == 0) return "";
+  std::string known_example = known.empty() ? "" : *std::min_element(known.begin(), known.end());
+  if (unknown == static_cast<int64_t>(qs.size()))
+    return "warning: no query label occurs in " + where + " (queries: '" + printable(example) + "', ..., " + where +
+           ": '" + printable(known_example) + "', ...): every accuracy is 0; are the labels named the same way?";
+  return "warning: " + std::to_string(unknown) + " of " + std::to_string(qs.size()) + " queries have a label " + where +
+         " lacks (e.g. '" + printable(example) + "'); they count as wrong";
 }
 
 std::string eval_table(const EvalResult& r) {

@@ -52,10 +52,19 @@ struct InternedQueries {
 };
 InternedQueries intern_queries(const std::vector<QueryNeighbors>& qs, const EvalOptions& opt);
 
-// Throws vismem::Error if a query has no true label or fewer than K neighbors.
+// Throws vismem::Error if there is no query or no neighbor, or a query has no
+// true label or fewer than K neighbors.
 EvalResult evaluate(const std::vector<QueryNeighbors>& qs, const EvalOptions& opt);
 
 nlohmann::ordered_json eval_json(const EvalResult& r);
+
+// Queries that can never be right: none of their true labels is in `known`
+// (the memory's labels). A non-empty answer usually means the query labels
+// are named differently from the memory's (n01440764 vs 0). Returns a
+// warning for stderr ("" when every query's label is known); `where` names
+// the label source ("the memory", "the neighbor lists").
+std::string unknown_label_warning(const std::vector<QueryNeighbors>& qs, const std::unordered_set<std::string>& known,
+                                  const std::string& where);
 // Human-readable: k = 1, 5, 10, 20, ..., K rows plus best and best k.
 std::string eval_table(const EvalResult& r);
 

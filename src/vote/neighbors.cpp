@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "error.h"
+#include "json_text.h"
 #include "textio.h"
 
 namespace vismem {
@@ -97,7 +98,7 @@ std::string neighbor_json(const std::vector<QueryNeighbors>& queries) {
     if (root.contains(q.query_id)) throw Error("duplicate query id '" + q.query_id + "' in neighbor output");
     root[q.query_id] = std::move(v);
   }
-  return root.dump();
+  return json_text(root);
 }
 
 void write_neighbor_file(const std::string& path, const std::vector<QueryNeighbors>& queries) {
