@@ -503,3 +503,28 @@ TEST(Store, CompactKilledBeforeOrAfterItsCommit) {
   for (const auto& f : Memory::files(p)) vec_files += std::filesystem::exists(f) && f.substr(f.size() - 4) == ".vec";
   EXPECT_EQ(vec_files, 1) << "the old set was not cleaned up";
 }
+
+TEST(Store, RelativePathsThroughCompaction) {
+  // Names are compared as spelled: a memory opened as "m.db" (not an absolute
+  // path) must keep its current vector files through compact and reopen.
+  TempDir t;
+  const auto cwd = std::filesystem::current_path();
+  std::filesystem::current_path(t.path);
+  auto x = random_unit(50, 8, 20);
+  {
+    Memory m = Memory::create("m.db", {.dim = 8});
+    m.add(ids_of(50, "i"), labels_of(50, 2), x.data());
+    m.remove({"i0", "i1"});
+    EXPECT_EQ(m.compact(), 2);
+    EXPECT_EQ(m.size(), 48);
+  }
+  {
+    Memory m = Memory::open("m.db");
+    EXPECT_EQ(m.size(), 48);
+    EXPECT_EQ(m.search(x.data() + 8 * 9, 1, 1)[0][0].id, "i9");
+    EXPECT_EQ(m.compact(), 0);
+  }
+  EXPECT_EQ(test::run_cli("info m.db").exit_code, 0);
+  EXPECT_EQ(Memory::open(t / "m.db").size(), 48);
+  std::filesystem::current_path(cwd);
+}

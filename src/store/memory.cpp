@@ -644,7 +644,8 @@ std::vector<std::string> Memory::files(const std::string& path) {
     while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) ++i;
     if (i == base.size()) continue;
     const std::string rest = name.substr(i);
-    if (rest == ".vec" || rest == ".f16" || rest == ".keys") out.push_back((dir / name).string());
+    // Spelled as `path` is (relative stays relative): callers compare these names.
+    if (rest == ".vec" || rest == ".f16" || rest == ".keys") out.push_back(path + name.substr(base.size() - 2));
   }
   return out;
 }
