@@ -684,12 +684,22 @@ TEST(ServerLimits, ConnectionLimitAnswers503WhenNoneIsIdle) {
   // Once the read timeout has cut them, the service answers again.
   for (int fd : busy) EXPECT_TRUE(closed_within(fd, 3000));
   for (int fd : busy) close(fd);
-  r = c.Get("/healthz");
-  ASSERT_TRUE(r);
+  // The slots free when the server's side of the cut finishes, a moment after
+  // the clients see the close: retry briefly, counting every 503 answered.
+  int rejected = 1;
+  for (int i = 0; i < 60; ++i) {
+    r = c.Get("/healthz");
+    ASSERT_TRUE(r);
+    if (r->status != 503) break;
+    ++rejected;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   EXPECT_EQ(r->status, 200);
   auto m = c.Get("/metrics");
   ASSERT_TRUE(m);
-  EXPECT_NE(m->body.find("vismem_connections_total{outcome=\"rejected\"} 1\n"), std::string::npos) << m->body;
+  EXPECT_NE(m->body.find("vismem_connections_total{outcome=\"rejected\"} " + std::to_string(rejected) + "\n"),
+            std::string::npos)
+      << m->body;
   EXPECT_NE(m->body.find("vismem_connections_total{outcome=\"timed_out\"} 2\n"), std::string::npos) << m->body;
 }
 
