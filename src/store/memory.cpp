@@ -347,7 +347,7 @@ struct Memory::Impl {
 
   // Catches up with the latest committed state (caller holds mu). Cheap when
   // nothing changed: one PRAGMA, no file read.
-  void refresh_locked(bool force) const {
+  void refresh_locked(bool force, bool retried = false) const {
     int64_t v = read_data_version();
     if (!force && v == data_version && map) return;
     std::map<std::string, std::string> m;
@@ -371,7 +371,17 @@ struct Memory::Impl {
     // Items may have changed (labels by upsert, counts by prune): drop the cache.
     by_seq.clear();
     seq_of.clear();
-    if (!map || moved || map->rows < ns.rows || (map->f16.p == nullptr) != !f16) map = map_files(ns.rows);
+    if (!map || moved || map->rows < ns.rows || (map->f16.p == nullptr) != !f16) {
+      try {
+        map = map_files(ns.rows);
+      } catch (const Error&) {
+        // A compaction in another process may have switched sets between the
+        // meta read and the open: read the state again once.
+        if (retried || get("files", "") == meta("files", "")) throw;
+        refresh_locked(true, true);
+        return;
+      }
+    }
     st = std::move(ns);
     data_version = v;
   }
