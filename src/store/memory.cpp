@@ -549,7 +549,6 @@ struct Memory::Impl {
   // Unfinished business of a process that died: a scrub after its commit, or
   // rows past the committed end. Run by open() and by every writer.
   void recover(bool have_writer_lock) const {
-    load_tag();
     bool pending = false, catalog = false;
     {
       Stmt s(*db, "SELECT count(*) FROM scrub");
@@ -563,6 +562,9 @@ struct Memory::Impl {
       wl.emplace(lock_path(), 0, true, /*wait=*/pending);
       if (!wl->held()) return;  // a live writer holds it: it recovers itself
     }
+    // Only now, under the writer lock: a compaction may have switched sets
+    // while this process waited, and the set named before is gone or stale.
+    load_tag();
     if (pending || catalog) scrub();
     truncate_to(std::stoll(meta("rows", "0")));
     remove_stale_sets();
@@ -1321,7 +1323,9 @@ std::vector<std::vector<Neighbor>> Memory::search(const float* q, int64_t nq, in
       }
     }
     if (!stale) return out;
-    if (attempt >= 5) throw Error(I.path + ": the memory kept changing during the search; try again");
+    if (attempt >= 5)
+      throw Error(I.path + ": a neighbor's key names no item: the memory kept changing during the search (try again), or " +
+                  I.file(kKeys) + " is corrupt");
     I.invalidate();
   }
 }

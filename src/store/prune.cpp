@@ -46,7 +46,10 @@ Memory::Counts compute_prune_counts(const Memory& mem, int k, int threads,
       const std::string& qlabel = items[s + i].label;
       if (static_cast<int>(res[i].size()) == k) c.kth[s + i] = res[i].back().distance;
       for (const Neighbor& nb : res[i]) {
-        int64_t j = pos.at(nb.id);
+        auto at = pos.find(nb.id);
+        if (at == pos.end())  // added by another process since the count began
+          throw Error(mem.path() + ": the memory changed while the counts were computed (another writer); run prune again");
+        const int64_t j = at->second;
         if (nb.label == qlabel) ++c.correct[j];
         else ++c.wrong[j];
       }
