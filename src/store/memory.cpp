@@ -339,6 +339,14 @@ struct Memory::Impl {
     set_meta("updated_at", now_utc());
   }
 
+  // The whole meta table (a few dozen rows) in one read.
+  std::map<std::string, std::string> meta_all() const {
+    std::map<std::string, std::string> m;
+    Stmt s(*db, "SELECT key, value FROM meta");
+    while (s.step()) m[s.col_text(0)] = s.col_text(1);
+    return m;
+  }
+
   int64_t read_data_version() const {
     Stmt s(*db, "PRAGMA data_version");
     s.step();
@@ -350,12 +358,8 @@ struct Memory::Impl {
   void refresh_locked(bool force, bool retried = false) const {
     int64_t v = read_data_version();
     if (!force && v == data_version && map) return;
-    std::map<std::string, std::string> m;
-    {
-      Stmt s(*db, "SELECT key, value FROM meta");
-      while (s.step()) m[s.col_text(0)] = s.col_text(1);
-    }
-    auto get = [&](const char* k, const char* def) { return m.count(k) ? m[k] : std::string(def); };
+    const std::map<std::string, std::string> m = meta_all();
+    auto get = [&](const char* k, const char* def) { return m.count(k) ? m.at(k) : std::string(def); };
     State ns;
     ns.rows = std::stoll(get("rows", "0"));
     ns.items = std::stoll(get("items", "0"));
@@ -621,17 +625,26 @@ struct WriterGuard {
 
 // ---------------------------------------------------------------------------
 
+namespace {
+
+// Squared norm of row i (d floats) in double; throws naming the row on NaN/Inf or all zeros.
+double checked_norm2(const float* row, int d, const std::string& what, int64_t i) {
+  double ss = 0;
+  for (int j = 0; j < d; ++j) {
+    if (!std::isfinite(row[j]))
+      throw Error(what + ": row " + std::to_string(i) + " has a NaN or infinite value at column " + std::to_string(j));
+    ss += static_cast<double>(row[j]) * row[j];
+  }
+  if (ss == 0) throw Error(what + ": row " + std::to_string(i) + " is all zeros (cannot be normalized)");
+  return ss;
+}
+
+}  // namespace
+
 void l2_normalize_rows(float* x, int64_t n, int d, const std::string& what) {
   for (int64_t i = 0; i < n; ++i) {
     float* row = x + i * d;
-    double ss = 0;
-    for (int j = 0; j < d; ++j) {
-      if (!std::isfinite(row[j]))
-        throw Error(what + ": row " + std::to_string(i) + " has a NaN or infinite value at column " + std::to_string(j));
-      ss += static_cast<double>(row[j]) * row[j];
-    }
-    if (ss == 0) throw Error(what + ": row " + std::to_string(i) + " is all zeros (cannot be normalized)");
-    double inv = 1.0 / std::sqrt(ss);
+    double inv = 1.0 / std::sqrt(checked_norm2(row, d, what, i));
     for (int j = 0; j < d; ++j) row[j] = static_cast<float>(row[j] * inv);
   }
 }
@@ -764,20 +777,26 @@ Memory Memory::create(const std::string& path, const CreateOptions& opt) {
   return m;
 }
 
-Memory Memory::open(const std::string& path) {
+namespace {
+
+// Opens the catalog of an existing memory. Checked before SQLite opens it,
+// and before any setting is written: a command that rejects a file leaves it
+// exactly as it was.
+void open_catalog(Memory::Impl& I, const std::string& path) {
   if (!file_exists(path)) throw Error(path + ": no such memory (create it with `vismem create`)");
-  // Checked before SQLite opens it, and before any setting is written: a
-  // command that rejects a file leaves it exactly as it was.
   if (!looks_like_sqlite(path)) throw Error(path + ": not a vismem memory (not an SQLite file)");
-  Memory m;
-  Impl& I = *m.impl_;
   I.path = path;
   I.db = open_db(path, false);
-  {
-    Stmt s(*I.db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN ('meta','items')");
-    s.step();
-    if (sqlite3_column_int(s.s, 0) != 2) throw Error(path + ": not a vismem memory (no meta/items tables)");
-  }
+  if (!has_table(*I.db, "meta") || !has_table(*I.db, "items"))
+    throw Error(path + ": not a vismem memory (no meta/items tables)");
+}
+
+}  // namespace
+
+Memory Memory::open(const std::string& path) {
+  Memory m;
+  Impl& I = *m.impl_;
+  open_catalog(I, path);
   int v = std::stoi(I.meta("format_version", "0"));
   if (v == 1)
     throw Error(path + ": memory format version 1 (vectors inside the catalog); run `vismem migrate " + path +
@@ -796,12 +815,8 @@ Memory Memory::open(const std::string& path) {
 }
 
 bool Memory::migrate(const std::string& path) {
-  if (!file_exists(path)) throw Error(path + ": no such memory");
-  if (!looks_like_sqlite(path)) throw Error(path + ": not a vismem memory (not an SQLite file)");
   Impl I;
-  I.path = path;
-  I.db = open_db(path, false);
-  if (!has_table(*I.db, "meta") || !has_table(*I.db, "items")) throw Error(path + ": not a vismem memory");
+  open_catalog(I, path);
   FileLock wl(I.lock_path(), 0, true);
   int v = std::stoi(I.meta("format_version", "0"));
   if (v == format_version) return false;
@@ -933,12 +948,8 @@ std::string Memory::pruning_mode() const {
 
 MemoryInfo Memory::info() const {
   const Impl& I = *impl_;
-  std::map<std::string, std::string> m;
-  {
-    Stmt s(*I.db, "SELECT key, value FROM meta");
-    while (s.step()) m[s.col_text(0)] = s.col_text(1);
-  }
-  auto get = [&](const char* k, const char* def) { return m.count(k) ? m[k] : std::string(def); };
+  const std::map<std::string, std::string> m = I.meta_all();
+  auto get = [&](const char* k, const char* def) { return m.count(k) ? m.at(k) : std::string(def); };
   MemoryInfo i;
   i.path = I.path;
   i.dim = I.dim;
@@ -980,14 +991,7 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
   // Validate the whole batch before touching any file: values (the same
   // normalization is redone row by row while writing, so nothing is copied whole).
   for (int64_t i = 0; i < n; ++i) {
-    const float* row = x + i * d;
-    double ss = 0;
-    for (int j = 0; j < d; ++j) {
-      if (!std::isfinite(row[j]))
-        throw Error("add: row " + std::to_string(i) + " has a NaN or infinite value at column " + std::to_string(j));
-      ss += static_cast<double>(row[j]) * row[j];
-    }
-    if (ss == 0) throw Error("add: row " + std::to_string(i) + " is all zeros (cannot be normalized)");
+    checked_norm2(x + i * d, d, "add", i);
   }
   std::unordered_set<std::string> batch;
   batch.reserve(static_cast<size_t>(n));
@@ -1186,7 +1190,6 @@ int64_t Memory::compact() {
   }
   const int64_t rows = std::stoll(I.meta("rows", "0"));
   if (static_cast<int64_t>(live.size()) == rows) return 0;
-  const std::string old_tag = I.tag;
   const std::string new_tag = ".g" + std::to_string(std::stoll(I.meta("files_gen", "0")) + 1);
   // 1. The new set: live rows in their order (so insertion order = row order still).
   std::shared_ptr<Mapping> map = I.map_files(rows);
@@ -1226,7 +1229,6 @@ int64_t Memory::compact() {
   // 3. The old set goes (a reader still mapping it keeps its pages until it catches up).
   I.load_tag();
   I.remove_stale_sets();
-  (void)old_tag;
   return rows - static_cast<int64_t>(live.size());
 }
 
