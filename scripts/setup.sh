@@ -13,7 +13,7 @@ pkgs=(
   libcpp-httplib-dev        # HTTP service
   libgtest-dev libgmock-dev # tests
   libbenchmark-dev          # micro benchmarks
-  libfaiss-dev libomp-dev   # ANN baseline in bench/
+  libfaiss-dev liblapack-dev libomp-dev   # approximate search (FAISS indexes) and the benchmarks' anchor
   libopencv-dnn-dev         # encoder baseline in bench/
   python3-dev pybind11-dev python3-numpy   # the Python module (python/, `import vismem`)
   python3-pytest            # its tests

@@ -1,0 +1,433 @@
+#include "faiss_index.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_set>
+
+#include <faiss/IndexFlatCodes.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexPQ.h>
+#include <faiss/IndexPreTransform.h>
+#include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
+#include <faiss/invlists/InvertedLists.h>
+
+#include "error.h"
+
+namespace vismem {
+
+namespace {
+
+constexpr char kMagic[8] = {'V', 'M', 'F', 'A', 'I', 'S', 'S', '1'};
+struct Header {
+  char magic[8];
+  uint32_t version;
+  uint32_t dim;
+  uint32_t factory_len;
+  uint32_t tag_len;
+  uint8_t reserved[40];
+};
+static_assert(sizeof(Header) == 64);
+
+std::unique_ptr<faiss::Index> build(int dim, const std::string& factory) {
+  try {
+    std::unique_ptr<faiss::Index> idx(faiss::index_factory(dim, factory.c_str(), faiss::METRIC_L2));
+    return idx;
+  } catch (const faiss::FaissException& e) {
+    std::string why = e.msg;
+    if (auto p = why.find(" in "); p != std::string::npos && why.rfind("Error", 0) == 0) why = why.substr(0, p);
+    throw Error("index '" + factory + "': FAISS cannot build it (" + why + ")");
+  }
+}
+
+// The index under an IndexIDMap, if there is one.
+faiss::Index* core_of(faiss::Index* top) {
+  if (auto* m = dynamic_cast<faiss::IndexIDMap*>(top)) return m->index;
+  return top;
+}
+
+faiss::ProductQuantizer* pq_of(faiss::Index* core) {
+  if (auto* p = dynamic_cast<faiss::IndexIVFPQ*>(core)) return &p->pq;
+  if (auto* p = dynamic_cast<faiss::IndexPQ*>(core)) return &p->pq;
+  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(core))
+    if (auto* p = dynamic_cast<faiss::IndexPQ*>(h->storage)) return &p->pq;
+  return nullptr;
+}
+
+template <class F>
+auto faiss_call(const char* what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const faiss::FaissException& e) {
+    throw Error(std::string("index ") + what + ": " + e.msg);
+  }
+}
+
+}  // namespace
+
+bool wants_faiss_index(const std::string& factory, int dim) {
+  if (factory.empty() || factory == "Flat") return false;
+  FaissIndex probe(dim, factory);  // throws with FAISS's reason
+  return true;
+}
+
+FaissIndex::FaissIndex() : ef_mu_(std::make_unique<std::shared_mutex>()) {}
+
+FaissIndex::FaissIndex(int dim, const std::string& factory)
+    : dim_(dim), factory_(factory), ef_mu_(std::make_unique<std::shared_mutex>()) {
+  if (dim <= 0) throw Error("index: dimension must be positive");
+  if (factory.empty() || factory == "Flat")
+    throw Error("index 'Flat': exact search is the memory's own scan; no FAISS index is needed");
+  index_ = build(dim, factory);
+  if (dynamic_cast<faiss::IndexPreTransform*>(index_.get()))
+    throw Error("index '" + factory +
+                "': pre-transforms (PCA, OPQ, ...) are not supported; use IVF/PQ/SQ/HNSW on the memory's own vectors");
+  if (dynamic_cast<faiss::IndexFlat*>(index_.get()) || dynamic_cast<faiss::IndexIDMap*>(index_.get()))
+    throw Error("index '" + factory + "': a flat FAISS index is exact search; leave --index out (the default)");
+  // Polysemous training (FAISS's default for PQ from the factory) orders the
+  // codes for Hamming-distance filtering, which searches here never use; it
+  // costs more than the rest of the training.
+  if (auto* p = dynamic_cast<faiss::IndexIVFPQ*>(index_.get())) p->do_polysemous_training = false;
+  if (auto* p = dynamic_cast<faiss::IndexPQ*>(index_.get())) p->do_polysemous_training = false;
+  if (!dynamic_cast<faiss::IndexIVF*>(index_.get())) {
+    auto* m = new faiss::IndexIDMap(index_.release());
+    m->own_fields = true;
+    index_.reset(m);
+  }
+  classify_kind();
+}
+
+FaissIndex::~FaissIndex() = default;
+FaissIndex::FaissIndex(FaissIndex&&) noexcept = default;
+FaissIndex& FaissIndex::operator=(FaissIndex&&) noexcept = default;
+
+void FaissIndex::classify_kind() {
+  faiss::Index* c = core_of(index_.get());
+  if (dynamic_cast<faiss::IndexIVF*>(c)) kind_ = Kind::ivf;
+  else if (dynamic_cast<faiss::IndexHNSW*>(c)) kind_ = Kind::hnsw;
+  else kind_ = Kind::codes;
+  holes_ = 0;
+  if (auto* m = dynamic_cast<faiss::IndexIDMap*>(index_.get()))
+    holes_ = std::count(m->id_map.begin(), m->id_map.end(), int64_t{-1});
+}
+
+const char* FaissIndex::kind_name() const {
+  switch (kind_) {
+    case Kind::ivf: return "ivf";
+    case Kind::hnsw: return "hnsw";
+    default: return "codes";
+  }
+}
+
+int64_t FaissIndex::size() const { return index_->ntotal - holes_; }
+int64_t FaissIndex::holes() const { return holes_; }
+
+int64_t FaissIndex::nlist() const {
+  auto* ivf = dynamic_cast<faiss::IndexIVF*>(core_of(index_.get()));
+  return ivf ? static_cast<int64_t>(ivf->nlist) : 0;
+}
+
+bool FaissIndex::lossy() const {
+  faiss::Index* c = core_of(index_.get());
+  if (dynamic_cast<faiss::IndexIVFFlat*>(c)) return false;
+  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(c)) return !dynamic_cast<faiss::IndexFlat*>(h->storage);
+  return true;
+}
+
+int64_t FaissIndex::code_bytes() const {
+  faiss::Index* c = core_of(index_.get());
+  int64_t code = 0;
+  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(c)) code = static_cast<int64_t>(ivf->code_size);
+  else if (auto* fc = dynamic_cast<faiss::IndexFlatCodes*>(c)) code = static_cast<int64_t>(fc->code_size);
+  else if (auto* h = dynamic_cast<faiss::IndexHNSW*>(c)) {
+    if (auto* s = dynamic_cast<faiss::IndexFlatCodes*>(h->storage)) code = static_cast<int64_t>(s->code_size);
+    // links: 2M at level 0, 4 bytes each (upper levels add ~1/M of that)
+    code += static_cast<int64_t>(h->hnsw.nb_neighbors(0)) * 4;
+  }
+  return code + 8;
+}
+
+bool FaissIndex::is_trained() const { return index_->is_trained; }
+
+int64_t FaissIndex::train_min() const {
+  if (is_trained()) return 0;
+  int64_t need = 1000;
+  if (int64_t nl = nlist()) need = std::max<int64_t>(need, 39 * nl);
+  if (faiss::ProductQuantizer* pq = pq_of(core_of(index_.get())))
+    need = std::max<int64_t>(need, 39 * static_cast<int64_t>(pq->ksub));
+  return need;
+}
+
+int64_t FaissIndex::train_sample() const {
+  if (is_trained()) return 0;
+  int64_t s = std::max<int64_t>(train_min(), 64 * nlist());
+  if (faiss::ProductQuantizer* pq = pq_of(core_of(index_.get())))
+    s = std::max<int64_t>(s, 64 * static_cast<int64_t>(pq->ksub));
+  return s;
+}
+
+void FaissIndex::train(int64_t n, const float* x) {
+  if (n < train_min())
+    throw Error("index '" + factory_ + "': training needs at least " + std::to_string(train_min()) + " vectors, got " +
+                std::to_string(n));
+  faiss_call("train", [&] { index_->train(n, x); });
+}
+
+int FaissIndex::default_nprobe() const {
+  const int64_t nl = nlist();
+  return static_cast<int>(std::clamp<int64_t>(nl / 32, 1, std::max<int64_t>(1, nl)));
+}
+int FaissIndex::default_ef() const { return 64; }
+
+void FaissIndex::add(int64_t n, const float* x, const int64_t* keys) {
+  if (n == 0) return;
+  if (!is_trained()) throw Error("index '" + factory_ + "': add before training");
+  for (int64_t i = 0; i < n; ++i)
+    if (keys[i] < 0) throw Error("index add: negative key " + std::to_string(keys[i]));
+  faiss_call("add", [&] { index_->add_with_ids(n, x, keys); });
+}
+
+void FaissIndex::search(int64_t nq, const float* q, int k, float* distances, int64_t* keys, int threads) const {
+  search(nq, q, k, distances, keys, Params{}, threads);
+}
+
+void FaissIndex::search(int64_t nq, const float* q, int k, float* distances, int64_t* keys, const Params& p,
+                        int threads) const {
+  if (k < 0) throw Error("index search: k must be >= 0");
+  if (nq <= 0 || k == 0) return;
+  if (threads > 0) omp_set_num_threads(threads);
+  std::fill(distances, distances + nq * k, std::numeric_limits<float>::infinity());
+  std::fill(keys, keys + nq * k, int64_t{-1});
+  if (index_->ntotal == 0) return;
+  faiss::Index* c = core_of(index_.get());
+  faiss_call("search", [&] {
+    if (kind_ == Kind::ivf) {
+      faiss::SearchParametersIVF sp;
+      sp.nprobe = static_cast<size_t>(p.nprobe > 0 ? p.nprobe : default_nprobe());
+      c->search(nq, q, k, distances, keys, &sp);
+    } else if (kind_ == Kind::hnsw) {
+      // FAISS 1.7.3 ignores SearchParametersHNSW::efSearch in parts of its
+      // search, so the index's own field is set; searches that agree on it run
+      // together, a different value waits for them.
+      auto* h = dynamic_cast<faiss::IndexHNSW*>(c);
+      const int want = std::max(p.ef > 0 ? p.ef : default_ef(), k);
+      for (int attempt = 0;; ++attempt) {
+        if (attempt < 3) {
+          std::shared_lock<std::shared_mutex> lock(*ef_mu_);
+          if (h->hnsw.efSearch == want) {
+            c->search(nq, q, k, distances, keys);
+            break;
+          }
+        }
+        std::unique_lock<std::shared_mutex> lock(*ef_mu_);
+        h->hnsw.efSearch = want;
+        if (attempt >= 3) {
+          c->search(nq, q, k, distances, keys);
+          break;
+        }
+      }
+    } else {
+      c->search(nq, q, k, distances, keys);
+    }
+  });
+  // Internal positions -> keys (HNSW holes are never linked, so never found;
+  // a -1 from the map is dropped all the same).
+  if (auto* m = dynamic_cast<const faiss::IndexIDMap*>(index_.get())) {
+    for (int64_t i = 0; i < nq * k; ++i)
+      if (keys[i] >= 0) {
+        keys[i] = m->id_map[static_cast<size_t>(keys[i])];
+        if (keys[i] < 0) distances[i] = std::numeric_limits<float>::infinity();
+      }
+  }
+}
+
+int64_t FaissIndex::remove(int64_t n, const int64_t* keys) {
+  if (n <= 0) return 0;
+  const std::unordered_set<int64_t> gone(keys, keys + n);
+  if (kind_ != Kind::hnsw) {
+    faiss::IDSelectorBatch sel(n, keys);
+    return static_cast<int64_t>(faiss_call("remove", [&] { return index_->remove_ids(sel); }));
+  }
+  // HNSW: cut the nodes out of the graph.
+  auto* m = dynamic_cast<faiss::IndexIDMap*>(index_.get());
+  auto* h = dynamic_cast<faiss::IndexHNSW*>(m->index);
+  faiss::HNSW& g = h->hnsw;
+  auto* storage = dynamic_cast<faiss::IndexFlatCodes*>(h->storage);
+  if (!storage) throw Error("index '" + factory_ + "': its HNSW storage cannot be scrubbed");
+  const int64_t ntotal = h->ntotal;
+  std::vector<char> cut(static_cast<size_t>(ntotal), 0);
+  int64_t removed = 0;
+  for (int64_t i = 0; i < ntotal; ++i)
+    if (m->id_map[i] >= 0 && gone.count(m->id_map[i])) {
+      cut[i] = 1;
+      m->id_map[i] = -1;
+      std::memset(storage->codes.data() + i * storage->code_size, 0, storage->code_size);
+      ++removed;
+    }
+  if (removed == 0) return 0;
+  holes_ += removed;
+  for (int64_t i = 0; i < ntotal; ++i) {
+    for (int level = 0; level < g.levels[i]; ++level) {
+      size_t b, e;
+      g.neighbor_range(i, level, &b, &e);
+      if (cut[i]) {
+        std::fill(g.neighbors.begin() + b, g.neighbors.begin() + e, -1);
+        continue;
+      }
+      size_t w = b;
+      for (size_t r = b; r < e; ++r) {
+        const int v = g.neighbors[r];
+        if (v < 0) break;
+        if (!cut[v]) g.neighbors[w++] = v;
+      }
+      std::fill(g.neighbors.begin() + w, g.neighbors.begin() + e, -1);
+    }
+  }
+  if (g.entry_point >= 0 && cut[g.entry_point]) {
+    int64_t best = -1;
+    for (int64_t i = 0; i < ntotal; ++i)
+      if (!cut[i] && m->id_map[i] >= 0 && (best < 0 || g.levels[i] > g.levels[best])) best = i;
+    if (best < 0) {
+      // Nothing live is left: start over (training, if any, is kept).
+      index_->reset();
+      holes_ = 0;
+    } else {
+      g.entry_point = static_cast<int>(best);
+      g.max_level = g.levels[best] - 1;
+    }
+  }
+  return removed;
+}
+
+bool FaissIndex::reconstruct(int64_t key, float* out) const {
+  if (lossy() || key < 0) return false;
+  faiss::Index* c = core_of(index_.get());
+  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(c)) {
+    for (size_t l = 0; l < ivf->nlist; ++l) {
+      const size_t n = ivf->invlists->list_size(l);
+      const faiss::Index::idx_t* ids = ivf->invlists->get_ids(l);
+      for (size_t j = 0; j < n; ++j)
+        if (ids[j] == key) {
+          std::memcpy(out, ivf->invlists->get_single_code(l, j), sizeof(float) * dim_);
+          return true;
+        }
+    }
+    return false;
+  }
+  auto* m = dynamic_cast<faiss::IndexIDMap*>(index_.get());
+  for (size_t i = 0; i < m->id_map.size(); ++i)
+    if (m->id_map[i] == key) {
+      c->reconstruct(static_cast<faiss::Index::idx_t>(i), out);
+      return true;
+    }
+  return false;
+}
+
+void FaissIndex::remap_keys(const std::function<int64_t(int64_t)>& new_key) {
+  if (auto* m = dynamic_cast<faiss::IndexIDMap*>(index_.get())) {
+    for (auto& id : m->id_map)
+      if (id >= 0) id = new_key(id);
+    return;
+  }
+  auto* ivf = dynamic_cast<faiss::IndexIVF*>(index_.get());
+  auto* lists = ivf ? dynamic_cast<faiss::ArrayInvertedLists*>(ivf->invlists) : nullptr;
+  if (!lists) throw Error("index '" + factory_ + "': its inverted lists cannot be renumbered");
+  for (auto& ids : lists->ids)
+    for (auto& id : ids) id = new_key(id);
+}
+
+std::vector<int64_t> FaissIndex::keys() const {
+  std::vector<int64_t> out;
+  if (auto* m = dynamic_cast<const faiss::IndexIDMap*>(index_.get())) {
+    for (int64_t id : m->id_map)
+      if (id >= 0) out.push_back(id);
+    return out;
+  }
+  auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index_.get());
+  for (size_t l = 0; l < ivf->nlist; ++l) {
+    const size_t n = ivf->invlists->list_size(l);
+    const faiss::Index::idx_t* ids = ivf->invlists->get_ids(l);
+    out.insert(out.end(), ids, ids + n);
+  }
+  return out;
+}
+
+void FaissIndex::write(const std::string& path, const std::string& tag) const {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) throw Error(path + ": cannot create the index file: " + std::strerror(errno));
+  bool ok = true;
+  std::string err;
+  try {
+    Header h{};
+    std::memcpy(h.magic, kMagic, 8);
+    h.version = 1;
+    h.dim = static_cast<uint32_t>(dim_);
+    h.factory_len = static_cast<uint32_t>(factory_.size());
+    h.tag_len = static_cast<uint32_t>(tag.size());
+    ok = std::fwrite(&h, sizeof h, 1, f) == 1 && std::fwrite(factory_.data(), 1, factory_.size(), f) == factory_.size() &&
+         std::fwrite(tag.data(), 1, tag.size(), f) == tag.size();
+    if (ok) {
+      faiss::FileIOWriter w(f);
+      faiss::write_index(index_.get(), &w);
+    }
+    ok = ok && std::fflush(f) == 0 && ::fdatasync(fileno(f)) == 0;
+    if (!ok) err = std::strerror(errno);
+  } catch (const faiss::FaissException& e) {
+    ok = false;
+    err = e.msg;
+  }
+  std::fclose(f);
+  if (!ok) {
+    std::remove(path.c_str());
+    throw Error(path + ": cannot write the index file: " + err);
+  }
+}
+
+std::unique_ptr<FaissIndex> FaissIndex::read(const std::string& path, std::string* tag) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw Error(path + ": cannot open the index file: " + std::strerror(errno));
+  std::unique_ptr<FaissIndex> out(new FaissIndex());
+  try {
+    Header h{};
+    if (std::fread(&h, sizeof h, 1, f) != 1 || std::memcmp(h.magic, kMagic, 8) != 0 || h.version != 1 ||
+        h.dim == 0 || h.factory_len > 4096 || h.tag_len > 4096)
+      throw Error(path + ": not a vismem index file (bad header)");
+    std::string factory(h.factory_len, '\0'), t(h.tag_len, '\0');
+    if (std::fread(factory.data(), 1, factory.size(), f) != factory.size() || std::fread(t.data(), 1, t.size(), f) != t.size())
+      throw Error(path + ": index file is truncated");
+    out->dim_ = static_cast<int>(h.dim);
+    out->factory_ = factory;
+    try {
+      faiss::FileIOReader r(f);
+      out->index_.reset(faiss::read_index(&r));
+    } catch (const faiss::FaissException& e) {
+      throw Error(path + ": index file is corrupt or truncated (" + e.msg.substr(0, 120) + ")");
+    }
+    if (out->index_->d != out->dim_) throw Error(path + ": index file dimension does not match its header");
+    out->classify_kind();
+    if (tag) *tag = t;
+  } catch (...) {
+    std::fclose(f);
+    throw;
+  }
+  std::fclose(f);
+  return out;
+}
+
+}  // namespace vismem
