@@ -84,6 +84,7 @@ void add_eval_commands(CLI::App& app) {
   // eval
   {
     auto* c = app.add_subcommand("eval", "Accuracy@k of the four voting rules (from a neighbor file, or a memory + labeled queries)");
+    add_search_options(c);
     struct A {
       std::string mem, query_dir, neighbors, emb, labels, ids, exclude, reliability, model, out_neighbors, pruning = "memory",
           taxonomy, levels;
@@ -281,6 +282,7 @@ void add_eval_commands(CLI::App& app) {
   // classify
   {
     auto* c = app.add_subcommand("classify", "Predict labels for queries, with the neighbors that decided");
+    add_search_options(c);
     struct A {
       std::string mem, emb, ids, model, vote = "rank", taxonomy, levels, rerank_cmd, label_names;
       std::vector<std::string> images;

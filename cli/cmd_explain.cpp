@@ -23,6 +23,7 @@ constexpr int kThumbSide = 128;
 
 void add_explain_commands(CLI::App& app) {
   auto* c = app.add_subcommand("explain", "Explain one image's decision: neighbors, votes, confidence, residual (HTML or text)");
+  add_search_options(c);
   struct A {
     std::string mem, image, model, vote = "rank", html, rerank_cmd, label_names;
     std::vector<std::string> image_roots;

@@ -127,7 +127,14 @@ void add_memory_commands(CLI::App& app) {
     auto model_id = std::make_shared<std::string>();
     auto model = std::make_shared<std::string>();
     auto f16 = std::make_shared<bool>(false);
+    auto index = std::make_shared<std::string>();
+    auto fold = std::make_shared<int64_t>(0);
     c->add_option("memory", *mem, "Memory file to create (the SQLite catalog; vectors go beside it)")->required();
+    c->add_option("--index", *index,
+                  "Approximate search: a FAISS index-factory string, e.g. IVF1024,PQ64 or HNSW32 (default Flat: exact). "
+                  "Built once the memory is large enough; candidates are re-scored with the exact vectors");
+    c->add_option("--index-fold", *fold, "Rows added past the index before they are folded into it (default 65536)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
     c->add_flag("--f16", *f16, "Also keep a float16 copy of the vectors: small batches scan half the bytes (same results)");
     c->add_option("--dim", *dim, "Embedding dimension (for embeddings from .npy files)");
     c->add_option("--model-id", *model_id, "A name for the embedding model");
@@ -137,6 +144,8 @@ void add_memory_commands(CLI::App& app) {
       o.dim = *dim;
       o.model_id = *model_id;
       o.f16 = *f16;
+      o.index = *index;
+      o.index_fold_rows = *fold;
       if (!model->empty()) {
         auto enc = load_encoder(*model);
         if (*dim && *dim != enc->dim())
@@ -150,7 +159,7 @@ void add_memory_commands(CLI::App& app) {
       }
       Memory m = Memory::create(*mem, o);
       std::cout << "created " << *mem << " (dim " << m.dim() << (o.model_id.empty() ? "" : ", model " + o.model_id)
-                << ")\n";
+                << (m.info().index.empty() ? "" : ", index " + m.info().index) << ")\n";
     });
   }
   // add
@@ -207,6 +216,7 @@ void add_memory_commands(CLI::App& app) {
     c->add_option("--labels", a->labels, "Query labels, one per line (written as image_class)");
     c->add_option("--k", a->k, "Neighbors per query")->check(kPositiveInt);
     c->add_option("--out", a->out, "Neighbor file to write (JSON, SPEC section 7)")->required();
+    add_search_options(c);
     c->add_flag("--exclude-self", a->exclude_self, "Leave-one-out: a query id found in the memory is not its own neighbor");
     c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
     c->callback([a] {
@@ -293,7 +303,9 @@ void add_memory_commands(CLI::App& app) {
                 << "updated     " << i.updated_at << " (generation " << i.generation << ")\n"
                 << "pruning     " << i.pruning_mode
                 << (i.pruning_mode == "hard" ? " (wrong >= " + std::to_string(i.pruning_threshold) + ")" : "") << "\n"
-                << "counts      " << counts << "\n";
+                << "counts      " << counts << "\n"
+                << "index       " << (i.index.empty() ? "Flat (exact)" : i.index + " (`vismem index info` for details)")
+                << "\n";
       if (i.ood_k > 0)
         std::cout << "ood         median distance to " << i.ood_k << " neighbors > " << i.ood_threshold
                   << " (fitted for FPR " << i.ood_fpr << ")" << (i.ood_stale() ? " STALE (memory changed since)" : "")

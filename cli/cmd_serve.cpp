@@ -51,6 +51,7 @@ void add_serve_commands(CLI::App& app) {
     });
   }
   auto* c = app.add_subcommand("serve", "Serve a memory over HTTP (JSON API, web page at /; see the README's service section)");
+  add_search_options(c);
   struct A {
     std::string mem, host = "127.0.0.1", model, tokens, tls_cert, tls_key;
     int port = 8080, threads = 0, k = 20;

@@ -95,6 +95,7 @@ Memory open_memory(const std::string& path) {
   try {
     Memory m = Memory::open(path);
     (void)m.info();  // parses every stored value once, so a corrupt one is reported here
+    m.set_search_params(cli_search_params());
     return m;
   } catch (const std::logic_error& e) {  // std::stoi and friends: invalid_argument, out_of_range
     throw Error(path + ": corrupt memory file: a stored value is not a valid number (" + e.what() + ")");

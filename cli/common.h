@@ -74,7 +74,13 @@ std::unique_ptr<Encoder> memory_encoder(const Memory& mem, const std::string& mo
 // (resumable: ids already present are skipped unless upsert), with a progress bar.
 void add_image_folder(Memory& mem, const std::string& dir, const std::string& model, int batch, int threads, bool upsert);
 
+// --nprobe, --ef, --rerank, --exact on a searching command; open_memory()
+// applies them to the memory it opens (cmd_index.cpp).
+void add_search_options(CLI::App* c);
+SearchParams& cli_search_params();
+
 void add_memory_commands(CLI::App& app);   // create, add, search, remove, info
+void add_index_commands(CLI::App& app);    // index info|set|rebuild|train|tune
 void add_eval_commands(CLI::App& app);     // eval, classify
 void add_image_commands(CLI::App& app);    // embed
 void add_prune_commands(CLI::App& app);    // prune

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Help for every subcommand");
   vismem::cli::add_memory_commands(app);
+  vismem::cli::add_index_commands(app);
   vismem::cli::add_eval_commands(app);
   vismem::cli::add_image_commands(app);
   vismem::cli::add_prune_commands(app);

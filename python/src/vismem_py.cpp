@@ -590,10 +590,12 @@ when the memory does not exist); messages are the CLI's.
       .def_static(
           "create",
           [](const std::filesystem::path& path, std::optional<int> dim, std::optional<std::filesystem::path> model,
-             std::optional<std::string> model_id) {
+             std::optional<std::string> model_id, std::optional<std::string> index, int64_t index_fold_rows) {
             Memory::CreateOptions o;
             o.dim = dim.value_or(0);
             o.model_id = model_id.value_or("");
+            o.index = index.value_or("");
+            o.index_fold_rows = index_fold_rows;
             if (model) {
               PyEncoder enc = load_encoder_at(model->string());
               if (dim && *dim != enc.get().dim())
@@ -614,7 +616,8 @@ when the memory does not exist); messages are the CLI's.
               throw FileError(e.what(), path_exists(p) ? FileError::exists : FileError::other);
             }
           },
-          "path"_a, "dim"_a = py::none(), "model"_a = py::none(), "model_id"_a = py::none(),
+          "path"_a, "dim"_a = py::none(), "model"_a = py::none(), "model_id"_a = py::none(), "index"_a = py::none(),
+          "index_fold_rows"_a = 0,
           R"doc(
 Creates an empty memory file.
 
@@ -623,6 +626,10 @@ dim:      embedding length (for embeddings from anywhere), 1..65536.
 model:    an encoder (.tflite file or HF checkpoint folder): binds the memory to it
           (its sha256 + preprocessing are recorded; dim comes from it).
 model_id: a name for the embedding model (default: the encoder's name).
+index:    approximate search: a FAISS index-factory string ("IVF1024,PQ64", "HNSW32";
+          None/"Flat": exact only). Built (trained on a sample) once the memory is
+          large enough; answers carry exact distances (candidates are re-scored).
+index_fold_rows: rows added past the index before they are folded in (0: 65536).
 Raises ValueError without dim or model, or when they disagree; OSError when the
 file exists or cannot be written, or the model cannot be loaded.
 )doc")
@@ -662,6 +669,43 @@ labels (count), model_id, fingerprint, model_path, format_version, created_at,
 updated_at, generation (bumped by every write), pruning_mode, pruning_threshold,
 counts_k, counts_stale, counts_computed, and "ood" when a threshold was fitted.
 )doc")
+      .def(
+          "index_info",
+          [](PyMemory& self) -> py::object {
+            auto i = self.read([](Memory& m) { return m.index_info(true); });
+            if (!i) return py::none();
+            py::dict d;
+            d["factory"] = i->factory;
+            d["kind"] = i->kind;
+            d["built"] = i->built;
+            d["file"] = i->file;
+            d["train_min"] = i->train_min;
+            d["fold_rows"] = i->fold_rows;
+            d["indexed_rows"] = i->indexed_rows;
+            d["tail_rows"] = i->tail_rows;
+            d["entries"] = i->entries;
+            d["holes"] = i->holes;
+            d["nlist"] = i->nlist;
+            d["file_bytes"] = i->file_bytes;
+            d["bytes_per_item"] = i->bytes_per_item;
+            d["lossy"] = i->lossy;
+            d["nprobe"] = i->nprobe;
+            d["ef"] = i->ef;
+            d["k_factor"] = i->k_factor;
+            return d;
+          },
+          "The approximate index (the dict `vismem index info --json` prints), or None for exact search only.")
+      .def(
+          "set_index",
+          [](PyMemory& self, const std::string& factory) {
+            return self.write([&](Memory& m) { return m.set_index(factory); });
+          },
+          "factory"_a,
+          "Sets the approximate index (a FAISS index-factory string; \"Flat\": none) and builds it when the memory "
+          "is large enough. Returns whether it was built now. Raises ValueError for a string FAISS cannot build.")
+      .def(
+          "rebuild_index", [](PyMemory& self) { self.write([](Memory& m) { m.rebuild_index(); }); },
+          "Builds the approximate index again from scratch (new training). Raises ValueError when too few items.")
       .def("refresh", [](PyMemory& self) { self.refresh_if_changed(true); },
            "Reloads the memory from its file now (calls do it by themselves when the file changed).")
       .def(
@@ -706,17 +750,21 @@ The GIL is released while writing.
 )doc")
       .def(
           "search",
-          [](std::shared_ptr<PyMemory> self, const py::object& q, int k, const py::object& self_ids, int threads) {
+          [](std::shared_ptr<PyMemory> self, const py::object& q, int k, const py::object& self_ids, int threads,
+             int nprobe, int ef, int k_factor, bool exact) {
             std::vector<std::string> sid;
             if (!self_ids.is_none()) sid = string_list(self_ids, "self_ids");
+            if (nprobe < 0 || ef < 0 || k_factor < 0) throw Error("search: nprobe, ef and k_factor must be >= 0");
+            const SearchParams sp{.exact = exact, .nprobe = nprobe, .ef = ef, .k_factor = k_factor};
             auto lists = self->read([&](Memory& mem) {
               Rows r = float_rows(q, mem.dim(), "q");
               py::gil_scoped_release nogil;
-              return mem.search(r.data(), r.n, k, sid, threads);
+              return mem.search(r.data(), r.n, k, sid, threads, &sp);
             });
             return make_result(std::move(lists), self);
           },
-          "q"_a, "k"_a = 100, "self_ids"_a = py::none(), "threads"_a = 0,
+          "q"_a, "k"_a = 100, "self_ids"_a = py::none(), "threads"_a = 0, "nprobe"_a = 0, "ef"_a = 0,
+          "k_factor"_a = 0, "exact"_a = false,
           R"doc(
 The k nearest items of each query (exact search, cosine distance).
 
@@ -725,6 +773,9 @@ k:        neighbors per query (>= 1); lists have min(k, len(memory)) entries.
 self_ids: nq str or None: leave-one-out (SPEC section 2): a query that is the item with
           this id is not its own neighbor (k+1 searched, its id dropped, else the last).
 threads:  worker threads (0: all cores).
+nprobe, ef, k_factor: approximate index settings (0: the memory's defaults, `vismem index tune`):
+          IVF lists visited, HNSW efSearch, candidates per neighbor re-scored exactly.
+exact:    scan every vector even when the memory has an approximate index.
 Returns a SearchResult (distances float32 (nq, k), ids, labels, seq). The GIL is released.
 Raises ValueError for a wrong shape/dtype, k < 1 or a self_ids length mismatch.
 )doc")

@@ -268,3 +268,34 @@ def test_threads_search_concurrently_with_the_gil_released(tmp_path):
     assert len(results) == 4
     for r in results:
         assert np.array_equal(r, before) or np.array_equal(r, after)
+
+
+def test_approximate_index_answers_with_exact_distances(tmp_path):
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(8, 24)).astype(np.float32)
+    x = centers[np.arange(2000) % 8] + 0.5 * rng.normal(size=(2000, 24)).astype(np.float32)
+    ids = [f"i{i}" for i in range(2000)]
+    labels = [f"c{i % 8}" for i in range(2000)]
+    with vismem.Memory.create(tmp_path / "m.db", dim=24, index="IVF8,Flat", index_fold_rows=500) as m:
+        m.add(ids, labels, x)
+        info = m.index_info()
+        assert info["built"] and info["entries"] == 2000 and info["kind"] == "ivf"
+        q = x[:16] + 0.01
+        exact = m.search(q, k=10, exact=True)
+        every_list = m.search(q, k=10, nprobe=8)  # all lists probed: the exact answers, bit for bit
+        np.testing.assert_array_equal(every_list.distances, exact.distances)
+        np.testing.assert_array_equal(every_list.ids, exact.ids)
+        one = m.search(q, k=10, nprobe=1)
+        # Fewer lists: maybe other neighbors, but each distance is the exact one.
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        for i in range(16):
+            for j, item in enumerate(one.ids[i]):
+                want = 1.0 - float(np.dot(qn[i].astype(np.float64), xn[int(item[1:])].astype(np.float64)))
+                assert abs(float(one.distances[i, j]) - want) < 1e-5
+        m.remove(["i0", "i1"])
+        assert m.index_info()["entries"] == 1998
+        assert "i0" not in m.search(x[0], k=5, nprobe=8).ids[0]
+        assert m.set_index("Flat") is False and m.index_info() is None
+        with pytest.raises(ValueError):
+            m.set_index("IVF8,NoSuchCodec")

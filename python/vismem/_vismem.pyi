@@ -58,8 +58,8 @@ class Memory:
     """A visual memory file: (id, label, embedding) items and an exact index."""
     @staticmethod
     def create(path: _Path, dim: Optional[int] = None, model: Optional[_Path] = None,
-               model_id: Optional[str] = None) -> Memory:
-        """Creates an empty memory (dim=D, or model=PATH to bind an encoder)."""
+               model_id: Optional[str] = None, index: Optional[str] = None, index_fold_rows: int = 0) -> Memory:
+        """Creates an empty memory (dim=D, or model=PATH to bind an encoder; index="IVF1024,PQ64" for approximate search)."""
     @staticmethod
     def open(path: _Path) -> Memory:
         """Opens a memory file."""
@@ -80,8 +80,15 @@ class Memory:
     def refresh(self) -> None: ...
     def add(self, ids: _Strs, labels: _Strs, x: _Floats, mode: str = "strict") -> Dict[str, int]:
         """Adds n items (x float (n, dim)); mode strict | upsert | skip_existing."""
-    def search(self, q: _Floats, k: int = 100, self_ids: Optional[_Strs] = None, threads: int = 0) -> SearchResult:
+    def search(self, q: _Floats, k: int = 100, self_ids: Optional[_Strs] = None, threads: int = 0,
+               nprobe: int = 0, ef: int = 0, k_factor: int = 0, exact: bool = False) -> SearchResult:
         """The k nearest items of each query (float (nq, dim) or (dim,))."""
+    def index_info(self) -> Optional[Dict[str, Any]]:
+        """The approximate index (what `vismem index info --json` prints), or None."""
+    def set_index(self, factory: str) -> bool:
+        """Sets (and builds when large enough) the approximate index; "Flat" removes it."""
+    def rebuild_index(self) -> None:
+        """Builds the approximate index again from scratch."""
     def remove(self, ids: _Strs, ignore_missing: bool = False) -> int:
         """Removes items for good (unlearning)."""
     def remove_label(self, label: str) -> int: ...

@@ -54,6 +54,7 @@ nlohmann::json memory_info_json(const MemoryInfo& i) {
                       {"counts_stale", i.counts_stale()},
                       {"counts_computed", i.counts_generation >= 0}};
   if (i.ood_k > 0) j["ood"] = {{"threshold", i.ood_threshold}, {"k", i.ood_k}, {"fpr", i.ood_fpr}, {"stale", i.ood_stale()}};
+  j["index"] = i.index.empty() ? "Flat" : i.index;
   return j;
 }
 

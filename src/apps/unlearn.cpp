@@ -25,7 +25,10 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // Neighbors (ids and distance bits) and every prediction, for exact comparison.
 std::vector<std::string> fingerprint_answers(const Memory& m, const std::vector<float>& q, int64_t nq, int k) {
   std::vector<std::string> out;
-  for (const auto& nn : m.search(q.data(), nq, k)) {
+  // Exact answers: an approximate index may nominate other candidates in a
+  // memory built in another order; the items and their distances are what must match.
+  const SearchParams exact{.exact = true};
+  for (const auto& nn : m.search(q.data(), nq, k, {}, 0, &exact)) {
     std::ostringstream os;
     VoteInput in;
     std::vector<std::string> names;
@@ -124,6 +127,9 @@ UnlearnReceipt remove_verified(Memory& mem, const std::vector<std::string>& ids,
     ++added;
   }
   r.sample_queries = static_cast<int64_t>(q.size()) / d;
+  std::vector<int64_t> removed_rows;
+  for (const auto& id : ids)
+    if (auto it = mem.item(id)) removed_rows.push_back(it->row);
 
   auto t0 = std::chrono::steady_clock::now();
   r.removed = mem.remove(ids);
@@ -139,6 +145,9 @@ UnlearnReceipt remove_verified(Memory& mem, const std::vector<std::string>& ids,
     } catch (const Error&) {
     }
   }
+  // The approximate index (if any) holds no entry for a removed row.
+  for (int64_t row : mem.index_rows())
+    if (std::find(removed_rows.begin(), removed_rows.end(), row) != removed_rows.end()) r.gone_from_index = false;
   // Byte scan of every file the memory owns (catalog, WAL, vector files), in
   // chunks that overlap by one window less a byte, so no window is missed.
   r.no_bytes_left = true;

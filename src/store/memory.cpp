@@ -19,13 +19,16 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "error.h"
+#include "faiss_index.h"
 #include "flat_index.h"
+#include "linalg.h"
 #include "prune.h"
 #include "textio.h"
 
@@ -296,7 +299,28 @@ struct State {
   std::string prune_mode = "none";
   double prune_threshold = 0;
   std::vector<int64_t> pending;  // rows removed in the catalog, not yet scrubbed (never answered)
+  // The approximate index (meta index_*): factory "" = none; file "" = not built yet.
+  std::string index_factory, index_file;
+  int64_t index_rows = 0, fold_rows = Memory::kIndexFoldRows;
+  int nprobe = 0, ef = 0, k_factor = 0;
 };
+
+namespace {
+// The index file's tag records what it covers, so a handle never pairs an
+// index with the wrong vector set: "rows=N files=TAG".
+std::string index_tag(int64_t rows, const std::string& files) { return "rows=" + std::to_string(rows) + " files=" + files; }
+bool parse_index_tag(const std::string& t, int64_t* rows, std::string* files) {
+  const auto sp = t.find(" files=");
+  if (t.rfind("rows=", 0) != 0 || sp == std::string::npos) return false;
+  try {
+    *rows = std::stoll(t.substr(5, sp - 5));
+  } catch (...) {
+    return false;
+  }
+  *files = t.substr(sp + 7);
+  return true;
+}
+}  // namespace
 
 struct Memory::Impl {
   std::string path;
@@ -313,6 +337,10 @@ struct Memory::Impl {
   mutable std::unordered_map<int64_t, ItemInfo> by_seq;  // items read so far (a cache)
   mutable std::unordered_map<std::string, int64_t> seq_of;
   mutable std::unique_ptr<Stmt> q_by_seq, q_by_id;  // prepared once: resolving neighbors is per result
+  // The approximate index as loaded (lazily, by the first search that uses it).
+  mutable std::shared_ptr<const FaissIndex> ann;
+  mutable std::string ann_file;    // which file it came from
+  mutable int64_t ann_rows = 0;    // rows [0, ann_rows) it covers
 
   // Vector files are named path + tag + suffix; compact() writes a new set
   // under a new tag and switches meta 'files' in one transaction.
@@ -321,6 +349,7 @@ struct Memory::Impl {
   std::string file(VecKind k) const { return file(k, tag); }
   void load_tag() const { tag = meta("files", ""); }
   std::string lock_path() const { return path + ".lock"; }
+  std::string index_path(const std::string& t) const { return path + t + ".faiss"; }
   int64_t record_bytes(VecKind k) const {
     return k == kF32 ? int64_t{4} * ld : k == kF16 ? int64_t{2} * ld : int64_t{8};
   }
@@ -366,6 +395,13 @@ struct Memory::Impl {
     ns.generation = std::stoll(get("generation", "0"));
     ns.prune_mode = get("pruning_mode", "none");
     ns.prune_threshold = std::stod(get("pruning_threshold", "0"));
+    ns.index_factory = get("index_factory", "");
+    ns.index_file = get("index_file", "");
+    ns.index_rows = std::stoll(get("index_rows", "0"));
+    ns.fold_rows = std::stoll(get("index_fold_rows", "65536"));
+    ns.nprobe = std::stoi(get("index_nprobe", "0"));
+    ns.ef = std::stoi(get("index_ef", "0"));
+    ns.k_factor = std::stoi(get("index_k_factor", "0"));
     tag = get("files", "");
     const bool moved = map && map->tag != tag;
     {
@@ -469,16 +505,34 @@ struct Memory::Impl {
 
   // Vector files of other tags: a compaction's new set that never committed,
   // or the old set of one that did. Readers that still map them keep them.
+  // Index files other than the current one are overwritten with zeros before
+  // they go: one written before a removal holds the removed items' codes.
   void remove_stale_sets() const {
+    const std::string index_file = meta("index_file", "");
     for (const std::string& f : Memory::files(path)) {
       bool current = f == path || f.rfind("-wal") == f.size() - 4 || f.rfind("-shm") == f.size() - 4 ||
                      f == path + ".lock";
       for (VecKind k : {kF32, kF16, kKeys}) current = current || f == file(k);
-      if (!current) {
-        std::error_code ec;
-        fs::remove(f, ec);
-      }
+      if (!index_file.empty()) current = current || f == index_path(index_file);
+      if (current) continue;
+      if (f.size() > 6 && f.compare(f.size() - 6, 6, ".faiss") == 0) scrub_file(f);
+      std::error_code ec;
+      fs::remove(f, ec);
     }
+  }
+
+  // Overwrites a whole file with zeros and syncs it, under the scan fence (a
+  // search may be reading it). Caller is the writer.
+  void scrub_file(const std::string& f) const {
+    Fd fd(::open(f.c_str(), O_WRONLY | O_CLOEXEC));
+    if (fd.fd < 0) return;  // gone already
+    struct stat sb;
+    if (::fstat(fd.fd, &sb) != 0) return;
+    FileLock fence(lock_path(), 1, /*exclusive=*/true);
+    const std::vector<char> zeros(1 << 20, 0);
+    for (int64_t off = 0; off < sb.st_size; off += static_cast<int64_t>(zeros.size()))
+      pwrite_all(fd.fd, zeros.data(), static_cast<size_t>(std::min<int64_t>(zeros.size(), sb.st_size - off)), off, f);
+    sync_fd(fd.fd, f);
   }
 
   // Cuts bytes past the committed rows (left by a killed add): caller is the writer.
@@ -521,14 +575,166 @@ struct Memory::Impl {
         sync_fd(fd.fd, file(k));
       }
     }
-    {
-      Txn t(*db);
+    // The rows leave the approximate index too: a new index file without
+    // them, switched to in the transaction that clears the list (a crash
+    // before it redoes the whole scrub; removing an absent row is a no-op).
+    std::function<void()> clear = [&] {
       db->exec("DELETE FROM scrub");
       set_meta("catalog_scrub", "1");
-      t.commit();
+    };
+    std::unique_ptr<FaissIndex> idx;
+    const std::string cur = meta("index_file", "");
+    int64_t covered = 0;
+    std::string files;
+    if (!cur.empty() && !rows.empty()) {
+      try {
+        idx = read_index_file(cur, &covered, &files);
+      } catch (const Error&) {
+        // A damaged index file must not hold a removal hostage: it is dropped
+        // (zeroed and deleted), searches go exact, the next write rebuilds it.
+        auto also = clear;
+        clear = [&, also] {
+          also();
+          set_meta("index_file", "");
+          set_meta("index_rows", "0");
+        };
+      }
     }
-    invalidate();
+    if (idx) {
+      std::vector<int64_t> in_index;
+      for (int64_t r : rows)
+        if (r < covered) in_index.push_back(r);
+      idx->remove(static_cast<int64_t>(in_index.size()), in_index.data());
+      commit_index(*idx, covered, files, clear);
+    } else {
+      Txn t(*db);
+      clear();
+      t.commit();
+      invalidate();
+      if (!cur.empty() && meta("index_file", "").empty()) {
+        scrub_file(index_path(cur));
+        std::error_code ec;
+        fs::remove(index_path(cur), ec);
+      }
+    }
     checkpoint_or_defer();
+  }
+
+  // ---- The approximate index ----------------------------------------------
+
+  // Live rows (keys >= 0) in [from, to) of a mapping, ascending.
+  static std::vector<int64_t> live_rows(const Mapping& m, int64_t from, int64_t to) {
+    std::vector<int64_t> out;
+    const int64_t* key = m.key();
+    for (int64_t r = from; r < to; ++r)
+      if (key[r] >= 0) out.push_back(r);
+    return out;
+  }
+  // The rows' vectors as one n * dim row-major matrix (FAISS wants them unpadded).
+  std::vector<float> gather(const Mapping& m, const int64_t* rows, int64_t n) const {
+    std::vector<float> x(static_cast<size_t>(n) * dim);
+    for (int64_t i = 0; i < n; ++i) std::memcpy(x.data() + i * dim, m.x() + rows[i] * ld, sizeof(float) * dim);
+    return x;
+  }
+  void add_rows(FaissIndex& idx, const Mapping& m, const std::vector<int64_t>& rows) const {
+    const size_t chunk = 65536;
+    for (size_t i = 0; i < rows.size(); i += chunk) {
+      const int64_t n = static_cast<int64_t>(std::min(chunk, rows.size() - i));
+      std::vector<float> x = gather(m, rows.data() + i, n);
+      idx.add(n, x.data(), rows.data() + i);
+    }
+  }
+  std::unique_ptr<FaissIndex> read_index_file(const std::string& t, int64_t* covered, std::string* files) const {
+    std::string tag_text;
+    auto idx = FaissIndex::read(index_path(t), &tag_text);
+    if (!parse_index_tag(tag_text, covered, files) || idx->dim() != dim)
+      throw Error(index_path(t) + ": not this memory's index file (bad tag)");
+    return idx;
+  }
+
+  // The index as this handle uses it for searching (caller holds mu and the
+  // scan fence): loaded on first use, again after another write switched files.
+  std::shared_ptr<const FaissIndex> ann_locked(const State& s, const Mapping& m) const {
+    if (s.index_file.empty()) return nullptr;
+    if (ann && ann_file == s.index_file) return ann;
+    int64_t covered = 0;
+    std::string files;
+    std::shared_ptr<const FaissIndex> idx = read_index_file(s.index_file, &covered, &files);
+    if (files != m.tag || covered > s.rows)
+      throw Error(index_path(s.index_file) + ": the index file does not match the vector files (rebuild it: `vismem index rebuild " + path + "`)");
+    ann = std::move(idx);
+    ann_file = s.index_file;
+    ann_rows = covered;
+    return ann;
+  }
+
+  // Writes idx under a new name; then one transaction points the catalog at
+  // it (with `also`'s statements); then the old file is zeroed and deleted.
+  // Caller is the writer.
+  void commit_index(const FaissIndex& idx, int64_t covered, const std::string& files_tag,
+                    const std::function<void()>& also = {}) const {
+    const int64_t gen = std::stoll(meta("index_gen", "0")) + 1;
+    const std::string t = ".i" + std::to_string(gen);
+    idx.write(index_path(t), index_tag(covered, files_tag));
+    crash_point("index-before-commit");
+    const std::string old = meta("index_file", "");
+    {
+      Txn tx(*db);
+      set_meta("index_file", t);
+      set_meta("index_gen", std::to_string(gen));
+      set_meta("index_rows", std::to_string(covered));
+      if (also) also();
+      tx.commit();
+    }
+    crash_point("index-after-commit");
+    invalidate();
+    if (!old.empty() && old != t) {
+      scrub_file(index_path(old));
+      std::error_code ec;
+      fs::remove(index_path(old), ec);
+    }
+  }
+
+  // After a write: builds the index once the memory is large enough, or folds
+  // the rows added since into it once there are fold_rows of them. rebuild:
+  // build from scratch now (throws when too few items to train). Caller is the writer.
+  void index_update(bool rebuild) const {
+    const std::string factory = meta("index_factory", "");
+    if (factory.empty()) return;
+    const int64_t rows = std::stoll(meta("rows", "0"));
+    const int64_t fold = std::stoll(meta("index_fold_rows", "65536"));
+    const std::string cur = meta("index_file", "");
+    std::shared_ptr<Mapping> m = map_files(rows);
+    std::unique_ptr<FaissIndex> idx;
+    if (cur.empty() || rebuild) {
+      idx = std::make_unique<FaissIndex>(dim, factory);
+      const std::vector<int64_t> live = rows ? live_rows(*m, 0, rows) : std::vector<int64_t>{};
+      const int64_t n = static_cast<int64_t>(live.size());
+      if (n < idx->train_min() || (!rebuild && rows < fold)) {
+        if (!rebuild) return;  // not yet: searches stay exact
+        throw Error(path + ": the index '" + factory + "' needs at least " + std::to_string(idx->train_min()) +
+                    " items to train; the memory holds " + std::to_string(n));
+      }
+      if (!idx->is_trained()) {
+        // A fixed-seed sample, in row order (the same memory trains the same way).
+        std::vector<int64_t> sample = live;
+        const int64_t want = std::min<int64_t>(n, idx->train_sample());
+        std::mt19937_64 rng(0x5eed);
+        for (int64_t i = 0; i < want; ++i) std::swap(sample[i], sample[i + static_cast<int64_t>(rng() % (n - i))]);
+        sample.resize(want);
+        std::sort(sample.begin(), sample.end());
+        std::vector<float> x = gather(*m, sample.data(), want);
+        idx->train(want, x.data());
+      }
+      add_rows(*idx, *m, live);
+    } else {
+      int64_t covered = 0;
+      std::string files;
+      idx = read_index_file(cur, &covered, &files);
+      if (rows - covered < fold) return;
+      add_rows(*idx, *m, live_rows(*m, covered, rows));
+    }
+    commit_index(*idx, rows, m->tag);
   }
 
   // Truncates the WAL so no page of a removed item's catalog row stays there.
@@ -672,6 +878,15 @@ std::vector<std::string> Memory::files(const std::string& path) {
     // Spelled as `path` is (relative stays relative): callers compare these names.
     if (rest == ".vec" || rest == ".f16" || rest == ".keys") out.push_back(path + name.substr(base.size() - 2));
   }
+  // Approximate index files: PATH.iN.faiss.
+  const std::string ibase = p.filename().string() + ".i";
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(ibase, 0) != 0) continue;
+    size_t i = ibase.size();
+    while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) ++i;
+    if (i > ibase.size() && name.substr(i) == ".faiss") out.push_back(path + name.substr(ibase.size() - 2));
+  }
   return out;
 }
 
@@ -730,6 +945,8 @@ Memory Memory::create(const std::string& path, const CreateOptions& opt) {
   if (opt.dim <= 0 || opt.dim > 65536) throw Error("memory dimension must be in 1..65536, got " + std::to_string(opt.dim));
   if (file_exists(path)) throw Error(path + " already exists (open it, or remove it first)");
   if (opt.f16 && !flat_f16_supported()) throw Error("--f16 needs a build with F16C (an x86-64-v3 CPU)");
+  if (opt.index_fold_rows < 0) throw Error("index fold rows must be >= 0");
+  const std::string index = wants_faiss_index(opt.index, opt.dim) ? opt.index : "";  // throws on a bad string
   Memory m;
   Impl& I = *m.impl_;
   I.path = path;
@@ -765,7 +982,9 @@ Memory Memory::create(const std::string& path, const CreateOptions& opt) {
              {"pruning_threshold", "0"},
              {"rows", "0"},
              {"items", "0"},
-             {"f16", opt.f16 ? "1" : "0"}})
+             {"f16", opt.f16 ? "1" : "0"},
+             {"index_factory", index},
+             {"index_fold_rows", std::to_string(opt.index_fold_rows > 0 ? opt.index_fold_rows : kIndexFoldRows)}})
       I.set_meta(k, v);
     t.commit();
   } catch (...) {
@@ -977,6 +1196,7 @@ MemoryInfo Memory::info() const {
   i.ood_threshold = std::stod(get("ood_threshold", "0"));
   i.ood_fpr = std::stod(get("ood_fpr", "0"));
   i.ood_generation = std::stoll(get("ood_generation", "-1"));
+  i.index = get("index_factory", "");
   return i;
 }
 
@@ -1116,6 +1336,7 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
   I.invalidate();
   if (progress) progress(n, n);
   if (!replaced.empty()) I.scrub();  // replaced vectors must not linger in any file
+  I.index_update(/*rebuild=*/false);
   if (upkeep) upkeep->after(*this);
   return r;
 }
@@ -1211,11 +1432,36 @@ int64_t Memory::compact() {
     }
     sync_fd(fd.fd, I.file(k, new_tag));
   }
+  // The index, renumbered to the new rows, under a new name (its tag names the new set).
+  std::string new_index;
+  int64_t new_covered = 0;
+  const int64_t index_gen = std::stoll(I.meta("index_gen", "0")) + 1;
+  if (const std::string cur = I.meta("index_file", ""); !cur.empty()) {
+    int64_t covered = 0;
+    std::string files;
+    std::unique_ptr<FaissIndex> idx = I.read_index_file(cur, &covered, &files);
+    std::vector<int64_t> new_row(static_cast<size_t>(rows), -1);
+    for (size_t i = 0; i < live.size(); ++i) {
+      new_row[live[i].first] = static_cast<int64_t>(i);
+      if (live[i].first < covered) new_covered = static_cast<int64_t>(i) + 1;
+    }
+    idx->remap_keys([&](int64_t r) {
+      if (r < 0 || r >= rows || new_row[r] < 0) throw Error(I.index_path(cur) + ": the index holds a removed row");
+      return new_row[r];
+    });
+    new_index = ".i" + std::to_string(index_gen);
+    idx->write(I.index_path(new_index), index_tag(new_covered, new_tag));
+  }
   crash_point("compact-before-commit");
   // 2. One transaction points the catalog at the new set. Items, their order
   //    and the generation are unchanged (pruning counts stay current).
   {
     Txn t(*I.db);
+    if (!new_index.empty()) {
+      I.set_meta("index_file", new_index);
+      I.set_meta("index_gen", std::to_string(index_gen));
+      I.set_meta("index_rows", std::to_string(new_covered));
+    }
     Stmt up(*I.db, "UPDATE items SET row=? WHERE seq=?");
     for (size_t i = 0; i < live.size(); ++i) up.i64(1, static_cast<int64_t>(i)).i64(2, live[i].second).run();
     I.set_meta("rows", std::to_string(live.size()));
@@ -1248,9 +1494,62 @@ void Memory::checkpoint() const {
     impl_->db->fail("WAL checkpoint (another process is reading the memory)");
 }
 
+namespace {
+
+// Approximate search: the index's candidates among rows [0, covered),
+// re-scored with their exact vectors, merged with an exact scan of the rows
+// added after the index was written. Same output layout as flat_search
+// (keys are insertion sequences; -1 / +inf padding).
+void approximate_search(const FaissIndex& ann, int64_t covered, const Mapping& map, int64_t rows, int d, int ld,
+                        const SearchParams& sp, const State& st, int64_t nq, const float* qn, int want,
+                        float* dist, int64_t* keys, int threads) {
+  const int k_factor = sp.k_factor > 0 ? sp.k_factor : st.k_factor > 0 ? st.k_factor : ann.lossy() ? 4 : 2;
+  const FaissIndex::Params fp{sp.nprobe > 0 ? sp.nprobe : st.nprobe, sp.ef > 0 ? sp.ef : st.ef};
+  const int kc = static_cast<int>(std::min<int64_t>(int64_t{want} * k_factor, std::max<int64_t>(1, ann.size())));
+  std::vector<float> cd(static_cast<size_t>(nq) * kc);
+  std::vector<int64_t> crow(static_cast<size_t>(nq) * kc);
+  ann.search(nq, qn, kc, cd.data(), crow.data(), fp, threads);
+  const int64_t tail = rows - covered;
+  std::vector<float> td;
+  std::vector<int64_t> tk;
+  if (tail > 0) {
+    td.resize(static_cast<size_t>(nq) * want);
+    tk.resize(static_cast<size_t>(nq) * want);
+    FlatRows t{map.x() + covered * ld, map.half() ? map.half() + covered * ld : nullptr, map.key() + covered, tail,
+               1.0 + 1e-5};
+    FlatIndex::Options o;
+    o.storage = t.half ? FlatIndex::Storage::f16 : FlatIndex::Storage::f32;
+    flat_search(t, d, o, nq, qn, want, td.data(), tk.data(), threads);
+  }
+  const int64_t* key = map.key();
+#pragma omp parallel for schedule(dynamic) num_threads(threads > 0 ? threads : default_threads()) if (nq > 4)
+  for (int64_t i = 0; i < nq; ++i) {
+    std::vector<std::pair<float, int64_t>> c;
+    c.reserve(static_cast<size_t>(kc + (tail > 0 ? want : 0)));
+    for (int j = 0; j < kc; ++j) {
+      const int64_t r = crow[i * kc + j];
+      if (r < 0 || r >= covered || key[r] < 0) continue;  // padding, or removed since the index was written
+      c.emplace_back(FlatIndex::distance(qn + i * d, map.x() + r * ld, d), key[r]);
+    }
+    for (int j = 0; j < want && tail > 0; ++j)
+      if (tk[i * want + j] >= 0) c.emplace_back(td[i * want + j], tk[i * want + j]);
+    const size_t m = std::min(c.size(), static_cast<size_t>(want));
+    std::partial_sort(c.begin(), c.begin() + static_cast<std::ptrdiff_t>(m), c.end());  // distance, then sequence
+    for (int j = 0; j < want; ++j) {
+      const bool have = static_cast<size_t>(j) < m;
+      dist[i * want + j] = have ? c[j].first : std::numeric_limits<float>::infinity();
+      keys[i * want + j] = have ? c[j].second : -1;
+    }
+  }
+}
+
+}  // namespace
+
 std::vector<std::vector<Neighbor>> Memory::search(const float* q, int64_t nq, int k,
-                                                  const std::vector<std::string>& self_ids, int threads) const {
+                                                  const std::vector<std::string>& self_ids, int threads,
+                                                  const SearchParams* params) const {
   const Impl& I = *impl_;
+  const SearchParams& sp = params ? *params : params_;
   const int d = I.dim;
   if (k < 1) throw Error("search: k must be >= 1");
   if (nq < 0) throw Error("search: negative query count");
@@ -1266,18 +1565,27 @@ std::vector<std::vector<Neighbor>> Memory::search(const float* q, int64_t nq, in
     FileLock fence(I.lock_path(), 1, /*exclusive=*/false);
     std::shared_ptr<Mapping> map;
     State st;
+    std::shared_ptr<const FaissIndex> ann;
+    int64_t covered = 0;
     {
       std::lock_guard<std::mutex> g(I.mu);
       I.refresh_locked(false);
       map = I.map;
       st = I.st;
+      if (!sp.exact && nq > 0) {
+        ann = I.ann_locked(st, *map);
+        covered = I.ann_rows;
+      }
     }
     const int64_t extra = static_cast<int64_t>(st.pending.size());
     // No list is longer than the rows: a huge k costs no more than the memory's size.
     const int want = static_cast<int>(std::min<int64_t>(kk + extra, std::max<int64_t>(1, st.rows)));
     std::vector<float> dist(static_cast<size_t>(nq * want));
     std::vector<int64_t> keys(static_cast<size_t>(nq * want), -1);
-    if (nq > 0 && st.rows > 0) {
+    if (ann && st.rows > 0) {
+      approximate_search(*ann, covered, *map, st.rows, d, I.ld, sp, st, nq, qn.data(), want, dist.data(), keys.data(),
+                         threads);
+    } else if (nq > 0 && st.rows > 0) {
       FlatRows rows{map->x(), map->half(), map->key(), st.rows, 1.0 + 1e-5};
       FlatIndex::Options o;
       o.storage = map->half() ? FlatIndex::Storage::f16 : FlatIndex::Storage::f32;
@@ -1440,6 +1748,98 @@ double Memory::weight(const ItemInfo& it) const {
   std::lock_guard<std::mutex> g(impl_->mu);
   if (impl_->data_version < 0) impl_->refresh_locked(true);
   return impl_->st.prune_mode == "soft" ? it.reliability : 1.0;
+}
+
+bool Memory::set_index(const std::string& factory) {
+  Impl& I = *impl_;
+  WriterGuard writer(I);
+  I.recover(/*have_writer_lock=*/true);
+  const std::string f = wants_faiss_index(factory, I.dim) ? factory : "";  // throws on a bad string
+  {
+    Txn t(*I.db);
+    I.set_meta("index_factory", f);
+    I.set_meta("index_file", "");
+    I.set_meta("index_rows", "0");
+    t.commit();
+  }
+  I.invalidate();
+  I.remove_stale_sets();  // the old index file, zeroed
+  if (f.empty()) return false;
+  FaissIndex probe(I.dim, f);
+  if (size() < probe.train_min()) return false;  // built by the add that reaches train_min
+  I.index_update(/*rebuild=*/true);
+  return true;
+}
+
+void Memory::rebuild_index() {
+  Impl& I = *impl_;
+  WriterGuard writer(I);
+  I.recover(/*have_writer_lock=*/true);
+  if (I.meta("index_factory", "").empty())
+    throw Error(I.path + ": the memory has no approximate index (set one: `vismem index set " + I.path + " FACTORY`)");
+  I.index_update(/*rebuild=*/true);
+}
+
+std::vector<int64_t> Memory::index_rows() const {
+  const Impl& I = *impl_;
+  FileLock fence(I.lock_path(), 1, /*exclusive=*/false);
+  std::lock_guard<std::mutex> g(I.mu);
+  I.refresh_locked(false);
+  auto ann = I.ann_locked(I.st, *I.map);
+  return ann ? ann->keys() : std::vector<int64_t>{};
+}
+
+void Memory::set_index_defaults(int nprobe, int ef, int k_factor) {
+  if (nprobe < 0 || ef < 0 || k_factor < 0) throw Error("index defaults must be >= 0 (0: the built-in default)");
+  Impl& I = *impl_;
+  WriterGuard writer(I);
+  Txn t(*I.db);
+  I.set_meta("index_nprobe", std::to_string(nprobe));
+  I.set_meta("index_ef", std::to_string(ef));
+  I.set_meta("index_k_factor", std::to_string(k_factor));
+  t.commit();
+  I.invalidate();
+}
+
+std::optional<IndexInfo> Memory::index_info(bool load) const {
+  const Impl& I = *impl_;
+  State st;
+  std::shared_ptr<Mapping> map;
+  {
+    std::lock_guard<std::mutex> g(I.mu);
+    I.refresh_locked(false);
+    st = I.st;
+    map = I.map;
+  }
+  if (st.index_factory.empty()) return std::nullopt;
+  IndexInfo r;
+  r.factory = st.index_factory;
+  FaissIndex probe(I.dim, st.index_factory);
+  r.kind = probe.kind_name();
+  r.train_min = probe.train_min();
+  r.nlist = probe.nlist();
+  r.lossy = probe.lossy();
+  r.fold_rows = st.fold_rows;
+  r.built = !st.index_file.empty();
+  r.file = r.built ? I.index_path(st.index_file) : "";
+  r.indexed_rows = r.built ? st.index_rows : 0;
+  r.tail_rows = st.rows - r.indexed_rows;
+  r.nprobe = st.nprobe > 0 ? st.nprobe : probe.default_nprobe();
+  r.ef = st.ef > 0 ? st.ef : probe.default_ef();
+  r.k_factor = st.k_factor > 0 ? st.k_factor : probe.lossy() ? 4 : 2;
+  if (r.built) {
+    std::error_code ec;
+    r.file_bytes = static_cast<int64_t>(fs::file_size(r.file, ec));
+    if (load) {
+      FileLock fence(I.lock_path(), 1, /*exclusive=*/false);
+      std::lock_guard<std::mutex> g(I.mu);
+      auto ann = I.ann_locked(st, *map);
+      r.entries = ann->size();
+      r.holes = ann->holes();
+      if (r.entries > 0) r.bytes_per_item = double(r.file_bytes) / double(r.entries);
+    }
+  }
+  return r;
 }
 
 void Memory::check_fingerprint(const std::string& fingerprint, const std::string& what) const {

@@ -83,6 +83,35 @@ struct MemoryInfo {
   double ood_fpr = 0;             // target false-positive rate it was fitted to
   int64_t ood_generation = -1;    // generation it was fitted at
   bool ood_stale() const { return ood_k > 0 && ood_generation != generation; }
+  std::string index;              // approximate index (FAISS factory string); "" = exact search only
+};
+
+// How one search runs (Memory::search). Defaults come from the memory
+// (`vismem index tune --set`), then from the index kind.
+struct SearchParams {
+  bool exact = false;  // scan every row even when the memory has an approximate index
+  int nprobe = 0;      // IVF lists visited per query (0: the memory's default)
+  int ef = 0;          // HNSW efSearch (0: the memory's default)
+  int k_factor = 0;    // candidates taken from the index per neighbor asked, re-scored exactly (0: default)
+};
+
+// The approximate index of a memory (vismem index info).
+struct IndexInfo {
+  std::string factory;        // FAISS index-factory string, e.g. "IVF1024,PQ64"
+  std::string kind;           // "ivf", "hnsw", "codes"
+  std::string file;           // the index file ("" until the index is built)
+  bool built = false;         // trained (where needed) and written
+  int64_t train_min = 0;      // items needed before it is built automatically
+  int64_t fold_rows = 0;      // rows added past the index before they are folded into it
+  int64_t indexed_rows = 0;   // rows [0, indexed_rows) are in the index (or removed)
+  int64_t tail_rows = 0;      // rows after them, searched exactly
+  int64_t entries = 0;        // live entries in the index (0 unless loaded)
+  int64_t holes = 0;          // HNSW nodes cut out by removals (until rebuild)
+  int64_t nlist = 0;
+  int64_t file_bytes = 0;
+  double bytes_per_item = 0;  // index file bytes / entries
+  bool lossy = false;         // codes are compressed (PQ, SQ): candidates are re-scored from the vectors
+  int nprobe = 0, ef = 0, k_factor = 0;  // the defaults searches use now
 };
 
 enum class AddMode {
@@ -103,7 +132,15 @@ class Memory {
     std::string fingerprint;   // encoder fingerprint; empty = embeddings from anywhere
     std::string model_path;    // where the encoder was loaded from (a hint for later adds)
     bool f16 = false;          // keep a float16 copy: small batches scan half the bytes (same results)
+    // Approximate search: a FAISS index-factory string ("IVF1024,PQ64",
+    // "HNSW32", "IVF4096,SQ8"; "" or "Flat": exact search only). The index is
+    // built (trained on a sample) once the memory holds train_min() items and
+    // at least index_fold_rows rows; until then, and for the rows added since
+    // the index was last written (fewer than index_fold_rows), search is exact.
+    std::string index;
+    int64_t index_fold_rows = 0;  // 0: kIndexFoldRows
   };
+  static constexpr int64_t kIndexFoldRows = 65536;
   // 2: vectors in memory-mapped files beside the catalog. 1: vectors as SQLite
   // blobs (read by migrate() only).
   static constexpr int format_version = 2;
@@ -156,8 +193,34 @@ class Memory {
   // q: nq * dim() row-major, any norm (normalized here). Each result list has
   // min(k, size()) neighbors. self_ids (nq entries, or empty): leave-one-out
   // per SPEC section 2 (search k+1, drop the query's own id or else the last).
+  //
+  // With an approximate index (CreateOptions::index) the index nominates
+  // k * k_factor candidates among the rows it holds, the rows added since are
+  // scanned exactly, and every candidate is re-scored with its exact vector:
+  // reported distances are always the exact ones (bit for bit those of the
+  // exact scan); only the set of neighbors may differ. params: null = this
+  // handle's set_search_params().
   std::vector<std::vector<Neighbor>> search(const float* q, int64_t nq, int k,
-                                            const std::vector<std::string>& self_ids = {}, int threads = 0) const;
+                                            const std::vector<std::string>& self_ids = {}, int threads = 0,
+                                            const SearchParams* params = nullptr) const;
+  void set_search_params(const SearchParams& p) { params_ = p; }
+  const SearchParams& search_params() const { return params_; }
+
+  // The approximate index (nullopt: exact search only). entries/holes are
+  // filled only when load is true (reads the index file).
+  std::optional<IndexInfo> index_info(bool load = false) const;
+  // Sets the index kind and builds it now from every item (training on a
+  // sample); "" or "Flat" drops the index. Throws if the memory holds fewer
+  // items than training needs. One write: crash safe like every write.
+  // Returns whether it was built now (false: dropped, or too few items yet).
+  bool set_index(const std::string& factory);
+  // Builds the index again from scratch (new training, no holes).
+  void rebuild_index();
+  // The rows the index file holds entries for (the unlearning receipt checks
+  // that removed items' rows are not among them). Empty without an index.
+  std::vector<int64_t> index_rows() const;
+  // Defaults for searches that do not set them (0: the built-in default).
+  void set_index_defaults(int nprobe, int ef, int k_factor);
 
   bool contains(const std::string& id) const;
   std::optional<ItemInfo> item(const std::string& id) const;
@@ -212,6 +275,7 @@ class Memory {
   Memory();
   std::unique_ptr<Impl> impl_;
   bool counts_upkeep_ = true;
+  SearchParams params_;
 };
 
 // L2-normalizes each of the n rows of x (n * d) in place; the norm is taken in

@@ -12,6 +12,11 @@
 
 namespace vismem {
 
+// Pruning counts are defined on the exact neighbors (SPEC section 4): an
+// approximate index would make the incremental upkeep disagree with a recount.
+static const SearchParams kExactSearch{.exact = true};
+
+
 double reliability_weight(int64_t wrong) { return wrong >= 1 ? 1.75 / (1.0 + static_cast<double>(wrong)) : 1.0; }
 
 Memory::Counts compute_prune_counts(const Memory& mem, int k, int threads,
@@ -41,7 +46,7 @@ Memory::Counts compute_prune_counts(const Memory& mem, int k, int threads,
       std::copy(e.begin(), e.end(), q.begin() + i * d);
       self[i] = items[s + i].id;
     }
-    auto res = mem.search(q.data(), b, k, self, threads);
+    auto res = mem.search(q.data(), b, k, self, threads, &kExactSearch);
     for (int64_t i = 0; i < b; ++i) {
       const std::string& qlabel = items[s + i].label;
       if (static_cast<int>(res[i].size()) == k) c.kth[s + i] = res[i].back().distance;
@@ -79,7 +84,7 @@ LooLists loo_lists(const Memory& mem, const std::vector<std::string>& ids, int k
       auto e = mem.embedding(self[i]);
       std::copy(e.begin(), e.end(), q.begin() + i * d);
     }
-    for (auto& nn : mem.search(q.data(), static_cast<int64_t>(b), k, self)) {
+    for (auto& nn : mem.search(q.data(), static_cast<int64_t>(b), k, self, 0, &kExactSearch)) {
       out.lists.emplace_back();
       for (auto& n : nn) out.lists.back().emplace_back(n.id, n.label);
       out.kth.push_back(static_cast<int>(nn.size()) == k ? nn.back().distance : -1.0);
