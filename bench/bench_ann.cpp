@@ -248,6 +248,7 @@ int main(int argc, char** argv) {
     std::printf("# add (exact memory, %lld rows): %.1f s\n\n", static_cast<long long>(n), add_s);
     std::fflush(stdout);
 
+    int64_t removed_row = 17;
     for (const std::string& factory : split(factories, ';')) {
       Memory m = Memory::open(base);
       double t0 = now_s();
@@ -409,11 +410,12 @@ int main(int argc, char** argv) {
         std::printf("\n`vismem classify` of 1 query as a whole process (median of 3): %.3f s with the index (%s), %.3f s exact\n",
                     median(tc), opt.c_str(), median(te));
         t0 = now_s();
-        const int rc = run_process(cli + " remove " + base + " --id m17 >/dev/null");
+        const int rc = run_process(cli + " remove " + base + " --id m" + std::to_string(removed_row) + " >/dev/null");
         const double rm_s = now_s() - t0;
         Memory after = Memory::open(base);
-        bool gone = !after.contains("m17");
-        for (int64_t row : after.index_rows()) gone = gone && row != 17;  // m17 is row 17
+        bool gone = !after.contains("m" + std::to_string(removed_row));
+        for (int64_t row : after.index_rows()) gone = gone && row != removed_row;  // item m<i> is row i
+        removed_row += 1000;  // the next factory removes another item
         std::printf("`vismem remove` of 1 item (scrub of the vector files, a new index file without it, the old one zeroed): "
                     "%.2f s, exit %d, row gone from the index file: %s\n\n",
                     rm_s, rc, gone ? "yes" : "NO");

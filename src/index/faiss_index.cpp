@@ -27,6 +27,7 @@
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
 #include <faiss/invlists/InvertedLists.h>
+#include <faiss/invlists/OnDiskInvertedLists.h>
 
 #include "error.h"
 
@@ -196,6 +197,7 @@ int FaissIndex::default_nprobe() const {
 int FaissIndex::default_ef() const { return 64; }
 
 void FaissIndex::add(int64_t n, const float* x, const int64_t* keys) {
+  check_writable("add");
   if (n == 0) return;
   if (!is_trained()) throw Error("index '" + factory_ + "': add before training");
   for (int64_t i = 0; i < n; ++i)
@@ -211,7 +213,16 @@ void FaissIndex::search(int64_t nq, const float* q, int k, float* distances, int
                         int threads) const {
   if (k < 0) throw Error("index search: k must be >= 0");
   if (nq <= 0 || k == 0) return;
-  if (threads > 0) omp_set_num_threads(threads);
+  // FAISS parallelizes over queries: a batch smaller than the thread count
+  // would only make idle threads wait at the region's end (which, on busy
+  // cores, costs a scheduler time slice per query).
+  const int prev_threads = omp_get_max_threads();
+  const int use = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads > 0 ? threads : prev_threads, nq)));
+  omp_set_num_threads(use);
+  struct Restore {
+    int n;
+    ~Restore() { omp_set_num_threads(n); }
+  } restore{prev_threads};
   std::fill(distances, distances + nq * k, std::numeric_limits<float>::infinity());
   std::fill(keys, keys + nq * k, int64_t{-1});
   if (index_->ntotal == 0) return;
@@ -257,7 +268,12 @@ void FaissIndex::search(int64_t nq, const float* q, int k, float* distances, int
   }
 }
 
+void FaissIndex::check_writable(const char* what) const {
+  if (read_only_) throw Error(std::string("index ") + what + ": this copy of '" + factory_ + "' is mapped read-only");
+}
+
 int64_t FaissIndex::remove(int64_t n, const int64_t* keys) {
+  check_writable("remove");
   if (n <= 0) return 0;
   const std::unordered_set<int64_t> gone(keys, keys + n);
   if (kind_ != Kind::hnsw) {
@@ -340,6 +356,7 @@ bool FaissIndex::reconstruct(int64_t key, float* out) const {
 }
 
 void FaissIndex::remap_keys(const std::function<int64_t(int64_t)>& new_key) {
+  check_writable("renumber");
   if (auto* m = dynamic_cast<faiss::IndexIDMap*>(index_.get())) {
     for (auto& id : m->id_map)
       if (id >= 0) id = new_key(id);
@@ -399,7 +416,7 @@ void FaissIndex::write(const std::string& path, const std::string& tag) const {
   }
 }
 
-std::unique_ptr<FaissIndex> FaissIndex::read(const std::string& path, std::string* tag) {
+std::unique_ptr<FaissIndex> FaissIndex::read(const std::string& path, std::string* tag, bool map) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw Error(path + ": cannot open the index file: " + std::strerror(errno));
   std::unique_ptr<FaissIndex> out(new FaissIndex());
@@ -415,7 +432,16 @@ std::unique_ptr<FaissIndex> FaissIndex::read(const std::string& path, std::strin
     out->factory_ = factory;
     try {
       faiss::FileIOReader r(f);
-      out->index_.reset(faiss::read_index(&r));
+      // IO_FLAG_MMAP: IVF lists stay in the file, mapped read-only (FAISS's
+      // OnDiskInvertedLists); other kinds are read whole whatever the flag.
+      out->index_.reset(faiss::read_index(&r, map ? faiss::IO_FLAG_MMAP : 0));
+      out->read_only_ = map && dynamic_cast<faiss::IndexIVF*>(out->index_.get());
+      // A mapped list past the end of a truncated file would fault when read: check them all now.
+      if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(out->index_.get()))
+        if (auto* od = dynamic_cast<faiss::OnDiskInvertedLists*>(ivf->invlists))
+          for (const auto& l : od->lists)
+            if (l.offset + l.capacity * (od->code_size + sizeof(faiss::Index::idx_t)) > od->totsize)
+              throw Error(path + ": index file is truncated (an inverted list ends past the end of the file)");
     } catch (const faiss::FaissException& e) {
       throw Error(path + ": index file is corrupt or truncated (" + e.msg.substr(0, 120) + ")");
     }

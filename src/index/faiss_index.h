@@ -68,7 +68,9 @@ class FaissIndex : public Index {
   // write_index bytes. write() syncs the file before returning. read() throws
   // vismem::Error on a file that is not one, is truncated, or is for another dim.
   void write(const std::string& path, const std::string& tag = "") const;
-  static std::unique_ptr<FaissIndex> read(const std::string& path, std::string* tag = nullptr);
+  // map: IVF inverted lists are memory-mapped read-only instead of read (an
+  // instant load whatever the size; add/remove/remap_keys then throw).
+  static std::unique_ptr<FaissIndex> read(const std::string& path, std::string* tag = nullptr, bool map = false);
 
   int dim() const override { return dim_; }
   int64_t size() const override;  // live entries (HNSW holes not counted)
@@ -112,6 +114,8 @@ class FaissIndex : public Index {
   Kind kind_ = Kind::codes;
   std::unique_ptr<faiss::Index> index_;
   int64_t holes_ = 0;
+  bool read_only_ = false;
+  void check_writable(const char* what) const;
   std::unique_ptr<std::shared_mutex> ef_mu_;  // guards the HNSW efSearch field (see search())
   FaissIndex();
   void classify_kind();

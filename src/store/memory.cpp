@@ -644,9 +644,11 @@ struct Memory::Impl {
       idx.add(n, x.data(), rows.data() + i);
     }
   }
-  std::unique_ptr<FaissIndex> read_index_file(const std::string& t, int64_t* covered, std::string* files) const {
+  // map: read-only, IVF lists memory-mapped (searches); else a writable copy (writers).
+  std::unique_ptr<FaissIndex> read_index_file(const std::string& t, int64_t* covered, std::string* files,
+                                              bool map = false) const {
     std::string tag_text;
-    auto idx = FaissIndex::read(index_path(t), &tag_text);
+    auto idx = FaissIndex::read(index_path(t), &tag_text, map);
     if (!parse_index_tag(tag_text, covered, files) || idx->dim() != dim)
       throw Error(index_path(t) + ": not this memory's index file (bad tag)");
     return idx;
@@ -659,7 +661,7 @@ struct Memory::Impl {
     if (ann && ann_file == s.index_file) return ann;
     int64_t covered = 0;
     std::string files;
-    std::shared_ptr<const FaissIndex> idx = read_index_file(s.index_file, &covered, &files);
+    std::shared_ptr<const FaissIndex> idx = read_index_file(s.index_file, &covered, &files, /*map=*/true);
     if (files != m.tag || covered > s.rows)
       throw Error(index_path(s.index_file) + ": the index file does not match the vector files (rebuild it: `vismem index rebuild " + path + "`)");
     ann = std::move(idx);
