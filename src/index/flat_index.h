@@ -29,8 +29,10 @@
 // kernel, except for batches >= 64 when BLAS is single-threaded and a one-time
 // timing (per row width, per process, ~10 ms) finds sgemm 25% faster, which
 // depends on the BLAS build: OpenBLAS 0.3.21 runs SSE3 code on this Xeon
-// unless OPENBLAS_CORETYPE=SkylakeX is set. Without AVX-512: the kernel up to
-// 8 queries, sgemm above.
+// unless OPENBLAS_CORETYPE=SkylakeX is set. AVX2: the kernel up to 8 queries
+// (the float16 copy's range too), sgemm above. Portable kernels (no FMA
+// instructions: the fixed order costs a libm call per multiply-add): sgemm
+// for every batch, the kernel only when asked for (Scan::kernel).
 //
 // Kernels per CPU. The kernels are compiled once per vector ISA level
 // (portable, AVX2 + FMA + F16C, AVX-512; flat_kernels.inl) and the level is
