@@ -26,8 +26,9 @@ namespace vismem {
 namespace {
 
 constexpr int kLanes = 16;
-// Scan tunables, picked by A/B runs (two builds in one process, alternating,
-// best of 5-9, 1 thread; N = 300k, d = 384 and N = 150k, d = 1024):
+// Scan tunables, picked by A/B runs on the AVX-512 Xeon (two builds in one
+// process, alternating, best of 5-9, 1 thread; N = 300k, d = 384 and N =
+// 150k, d = 1024); the AVX2 level's differences are in flat_kernels.inl:
 // - software prefetch of the next 4-row tile: batch 4 at 11.4 vs 17-18 ms/query
 //   without it (streaming several rows at once defeats the hardware prefetcher);
 // - rows in L2-sized blocks, each swept by groups of up to 6 queries (6 x 4
