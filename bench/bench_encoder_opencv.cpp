@@ -2,6 +2,7 @@
 // running the same network (models/mnv1_embedder_fp32.onnx), same images, same threads.
 //
 // Usage: bench_encoder_opencv [--threads 2] [--images 64] [--reps 9] [--shared DIR]
+//        VISMEM_ISA=portable bench_encoder_opencv ...   (our kernels at a lower level)
 //
 // For batch 1 and batch 32 it prints medians of
 //   network only: ms per image for a ready [n,3,224,224] float input;
@@ -32,6 +33,7 @@
 #include <opencv2/dnn.hpp>
 #pragma GCC diagnostic pop
 
+#include "cpu.h"
 #include "error.h"
 #include "image.h"
 #include "linalg.h"
@@ -114,6 +116,7 @@ int main(int argc, char** argv) {
     std::printf("vismem MobileNet V1 (float32 from the uint8 .tflite) vs OpenCV %s DNN (ONNX)\n", CV_VERSION);
     std::printf("threads %d, %zu imagenette JPEGs, %d runs per cell, OpenBLAS core: %s\n", threads, paths.size(), reps,
                 openblas_get_corename());
+    std::printf("%s (VISMEM_ISA=portable|avx2|avx512 lowers the kernel level)\n", vismem::cpu_description().c_str());
 
     const int64_t img = 3 * 224 * 224;
     std::vector<float> px(32 * img), out_ours(32 * 1024), out_cv(32 * 1024);

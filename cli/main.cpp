@@ -9,7 +9,11 @@
 #include <stdexcept>
 
 #include "common.h"
+#include "cpu.h"
 #include "error.h"
+#include "flat_index.h"
+#include "linalg.h"
+#include "memory.h"
 
 // OpenBLAS 0.3.21 does not recognize recent Xeons and falls back to its SSE3
 // "Prescott" kernels (about 5x slower sgemm). The kernel choice is made when
@@ -26,6 +30,19 @@ static void use_fast_blas_kernels(char** argv) {
   execv("/proc/self/exe", argv);  // returns only on failure: then carry on with the slow kernels
 }
 
+// `vismem version`: what this binary runs on this machine (the kernel level
+// chosen at run time, VISMEM_ISA included; the BLAS kernels; the file format).
+static void add_version_command(CLI::App& app) {
+  app.add_subcommand("version", "Print the CPU, the kernels chosen for it and the memory format")->callback([] {
+    std::cout << "vismem (memory format v" << vismem::Memory::format_version << ")\n"
+              << "cpu      " << vismem::cpu_description() << "\n"
+              << "blas     OpenBLAS " << openblas_get_corename() << " kernels, " << vismem::blas_threads()
+              << " threads\n"
+              << "float16  " << (vismem::flat_f16_supported() ? "yes (F16C)" : "no (no F16C: --f16 is refused)") << "\n"
+              << "threads  " << vismem::default_threads() << " (VISMEM_THREADS or the cores)\n";
+  });
+}
+
 int main(int argc, char** argv) {
   use_fast_blas_kernels(argv);
   CLI::App app{"vismem: a visual memory for image classification (kNN over embeddings)"};
@@ -39,6 +56,7 @@ int main(int argc, char** argv) {
   vismem::cli::add_explain_commands(app);
   vismem::cli::add_experiment_commands(app);
   vismem::cli::add_serve_commands(app);
+  add_version_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {  // --help, --help-all

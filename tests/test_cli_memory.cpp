@@ -2,9 +2,12 @@
 // and every bad input giving a clear error with the memory unchanged.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cpu.h"
+#include "memory.h"
 #include "npy.h"
 #include "textio.h"
 #include "util_test.h"
@@ -153,4 +156,20 @@ TEST(CliMemory, RemoveVerifyPrintsAPassingReceipt) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("VERIFIED"), std::string::npos) << r.out;
   EXPECT_EQ(s.items(), 29);  // 30 even ids, id6 already gone
+}
+
+// `vismem version` names the kernel level chosen at run time, and VISMEM_ISA
+// lowers it (the portable kernels run on any machine).
+TEST(CliVersion, PrintsTheKernelsChosenForThisCpu) {
+  auto r = run_cli("version");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find(vismem::cpu_description()), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("memory format v" + std::to_string(vismem::Memory::format_version)), std::string::npos);
+  const char* before = std::getenv("VISMEM_ISA");
+  const std::string saved = before ? before : "";
+  setenv("VISMEM_ISA", "portable", 1);
+  auto p = run_cli("version");
+  if (before) setenv("VISMEM_ISA", saved.c_str(), 1); else unsetenv("VISMEM_ISA");
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_NE(p.out.find("| kernels: portable"), std::string::npos) << p.out;
 }

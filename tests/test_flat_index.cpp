@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu.h"
 #include "error.h"
 #include "flat_index.h"
 #include "linalg.h"
@@ -419,6 +420,109 @@ TEST(FlatIndex, ConcurrentSearchesAgree) {
   for (int t = 0; t < 4; ++t) pool.emplace_back([&, t] { got[t] = run(idx, q, k, 2); });
   for (auto& th : pool) th.join();
   for (const Result& r : got) EXPECT_TRUE(r == expect);
+}
+
+// Every kernel level this CPU can run (portable, avx2, avx512) against the
+// portable one, bit for bit: distances, whole searches with every storage and
+// scan, and the float16 copy's rounding. Levels above cpu_max_isa() cannot run
+// here (an AVX2 machine compiles the AVX-512 kernels but never calls them);
+// asking for them must clamp.
+class IsaLevels : public testing::Test {
+ protected:
+  void TearDown() override { vismem::set_isa(before_); }
+  std::vector<vismem::Isa> levels() const {
+    std::vector<vismem::Isa> v;
+    for (vismem::Isa l : {vismem::Isa::portable, vismem::Isa::avx2, vismem::Isa::avx512})
+      if (l <= vismem::cpu_max_isa()) v.push_back(l);
+    return v;
+  }
+  vismem::Isa before_ = vismem::cpu_isa();
+};
+
+TEST_F(IsaLevels, SetIsaClampsToTheCpu) {
+  EXPECT_EQ(vismem::set_isa(vismem::Isa::portable), before_);
+  EXPECT_EQ(vismem::cpu_isa(), vismem::Isa::portable);
+  vismem::set_isa(vismem::Isa::avx512);
+  EXPECT_EQ(vismem::cpu_isa(), vismem::cpu_max_isa());
+  EXPECT_EQ(vismem::flat_f16_supported(), vismem::cpu_features().f16c);
+}
+
+TEST_F(IsaLevels, DistancesAndSearchesAreBitIdentical) {
+  std::mt19937_64 rng(41);
+  struct Shape { int64_t n; int d; int64_t nq; int k; };
+  // Batch 1 and 8 (the float16 copy's range), 9 and 70 (sgemm or the kernel).
+  const Shape shapes[] = {{2000, 1024, 1, 20}, {1500, 100, 8, 10}, {1200, 384, 9, 30}, {900, 33, 70, 5}};
+  for (const Shape& sh : shapes) {
+    auto x = random_unit(sh.n, sh.d, rng);
+    auto keys = shuffled_keys(sh.n, rng);
+    auto q = random_unit(sh.nq, sh.d, rng);
+    std::vector<float> dist_portable;
+    std::vector<Result> search_portable;
+    for (vismem::Isa level : levels()) {
+      vismem::set_isa(level);
+      SCOPED_TRACE(testing::Message() << vismem::isa_name(level) << " d=" << sh.d << " nq=" << sh.nq);
+      std::vector<float> dist;
+      for (int64_t i = 0; i < sh.nq; ++i)
+        for (int64_t j = 0; j < 50; ++j) dist.push_back(FlatIndex::distance(&q[i * sh.d], &x[j * sh.d], sh.d));
+      std::vector<Result> searches;
+      for (const auto& opt : kVariants) {
+        FlatIndex idx(sh.d, opt);
+        idx.add(sh.n, x.data(), keys.data());
+        searches.push_back(run(idx, q, sh.k, 2));
+      }
+      if (level == vismem::Isa::portable) {
+        dist_portable = dist;
+        search_portable = searches;
+        EXPECT_TRUE(searches[0] == oracle(x, keys, sh.d, q, sh.k));
+        continue;
+      }
+      EXPECT_EQ(std::memcmp(dist.data(), dist_portable.data(), dist.size() * sizeof(float)), 0);
+      for (size_t v = 0; v < searches.size(); ++v) EXPECT_TRUE(searches[v] == search_portable[v]) << name(kVariants[v]);
+    }
+  }
+}
+
+// The float16 copy: the portable rounding (software) and F16C's give the same
+// bits over a spread of float bit patterns, every exponent, ties, subnormals,
+// overflow, infinities and NaNs included.
+TEST_F(IsaLevels, HalfConversionIsBitIdentical) {
+  std::vector<float> v;
+  for (uint64_t b = 0; b <= 0xffffffffull; b += 4093) {
+    const uint32_t u = static_cast<uint32_t>(b);
+    float f;
+    std::memcpy(&f, &u, 4);
+    v.push_back(f);
+  }
+  for (float f : {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e-8f, 2.98023224e-8f, 2.98023252e-8f,
+                  6.1035156e-5f, 6.1035152e-5f, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, std::numeric_limits<float>::infinity(),
+                  std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min()})
+    v.push_back(f);
+  std::vector<uint16_t> portable(v.size());
+  vismem::set_isa(vismem::Isa::portable);
+  vismem::flat_to_half(v.data(), portable.data(), static_cast<int64_t>(v.size()));
+  // Round to nearest even: 1 + 1/2048 is a tie down to 1, 1 + 3/2048 a tie
+  // up; 65520 overflows to infinity; 2^-25 (half the smallest subnormal) ties to 0.
+  auto half_of = [](float f) {
+    uint16_t h;
+    vismem::flat_to_half(&f, &h, 1);
+    return h;
+  };
+  EXPECT_EQ(half_of(1.0f + 1.0f / 2048), 0x3c00);
+  EXPECT_EQ(half_of(1.0f + 3.0f / 2048), 0x3c02);
+  EXPECT_EQ(half_of(65520.0f), 0x7c00);
+  EXPECT_EQ(half_of(-65504.0f), 0xfbff);
+  EXPECT_EQ(half_of(std::ldexp(1.0f, -25)), 0x0000);
+  EXPECT_EQ(half_of(std::ldexp(3.0f, -25)), 0x0002);
+  for (vismem::Isa level : levels()) {
+    if (level == vismem::Isa::portable) continue;
+    vismem::set_isa(level);
+    std::vector<uint16_t> got(v.size());
+    vismem::flat_to_half(v.data(), got.data(), static_cast<int64_t>(v.size()));
+    size_t differ = 0;
+    for (size_t i = 0; i < v.size(); ++i) differ += got[i] != portable[i];
+    EXPECT_EQ(differ, 0u) << vismem::isa_name(level);
+  }
+  if (levels().size() == 1) GTEST_SKIP() << "this CPU runs the portable kernels only";
 }
 
 }  // namespace

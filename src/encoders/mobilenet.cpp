@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu.h"
 #include "error.h"
 #include "hash.h"
 #include "linalg.h"
@@ -385,189 +386,48 @@ std::unique_ptr<MobileNet::Impl> build(const tfl::Model& m) {
 }
 
 // ---- kernels: NHWC float32, each over a range of its output so threads can split it ----
+// The kernels, compiled once per vector ISA level (mobilenet_kernels.inl) and
+// chosen at run time by cpu_isa(). The levels differ only in rounding (FMA
+// contraction, summation order of the vectorized loops): well inside the
+// fixtures' tolerances (tests/test_mobilenet.cpp runs every level).
+#define VISMEM_MN_LEVEL 0
+namespace portable {
+#include "mobilenet_kernels.inl"
+}  // namespace portable
+#undef VISMEM_MN_LEVEL
 
-// out[r, j] = clamp(out[r, j] + b[j]) for r < rows, j < cols; rows are ld apart.
-void bias_act(float* __restrict o, int64_t rows, int cols, int64_t ld, const float* __restrict b, float lo, float hi) {
-  for (int64_t r = 0; r < rows; ++r, o += ld)
-    for (int j = 0; j < cols; ++j) o[j] = std::min(std::max(o[j] + b[j], lo), hi);
-}
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define VISMEM_MN_LEVEL 1
+namespace avx2 {
+#include "mobilenet_kernels.inl"
+}  // namespace avx2
+#undef VISMEM_MN_LEVEL
+#pragma GCC pop_options
 
-// 1x1 stride-1 conv as one matmul over pixel rows [p0, p1) (of every image in
-// the group: NHWC images back to back are one [pixels, ci] matrix) and output
-// channels [n0, n1): out[p, o] = sum_i in[p, i] * w[o, i] + b[o].
-void conv_pointwise(const Layer& L, const float* in, float* out, int64_t p0, int64_t p1, int n0, int n1) {
-  const int ci = L.in.c, co = L.out_shape.c;
-  // in: [pixels, ci]; w: [co, ci]; out: [pixels, co]
-  matmul(p1 - p0, n1 - n0, ci, in + p0 * ci, ci, L.w.data() + int64_t{n0} * ci, ci, out + p0 * co + n0, co,
-         /*b_transposed=*/true);
-  bias_act(out + p0 * co + n0, p1 - p0, n1 - n0, co, L.b.data() + n0, L.lo, L.hi);
-}
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
+#define VISMEM_MN_LEVEL 2
+namespace avx512 {
+#include "mobilenet_kernels.inl"
+}  // namespace avx512
+#undef VISMEM_MN_LEVEL
+#pragma GCC pop_options
 
-// Any other conv, output rows [y0, y1): im2col tiles of L.tile_rows() rows, then matmul.
-void conv_im2col(const Layer& L, const float* in, float* out, int y0, int y1, float* col) {
-  const int ih = L.in.h, iw = L.in.w, ci = L.in.c, ow = L.out_shape.w, co = L.out_shape.c;
-  const int64_t k = L.k();
-  for (int ty = y0; ty < y1; ty += L.tile_rows()) {
-    const int rows = std::min(L.tile_rows(), y1 - ty);
-    // col: [rows*ow, kh*kw*ci], zero where the window hangs over the padding
-    for (int r = 0; r < rows; ++r) {
-      const int oy = ty + r;
-      for (int ox = 0; ox < ow; ++ox) {
-        float* __restrict dst = col + (int64_t{r} * ow + ox) * k;
-        const int ix0 = ox * L.sw - L.pad_left;
-        const bool inside_x = ix0 >= 0 && ix0 + (L.kw - 1) * L.dw < iw;
-        for (int ky = 0; ky < L.kh; ++ky, dst += int64_t{L.kw} * ci) {
-          const int iy = oy * L.sh - L.pad_top + ky * L.dh;
-          if (iy < 0 || iy >= ih) {
-            std::fill(dst, dst + int64_t{L.kw} * ci, 0.0f);
-          } else if (inside_x && L.dw == 1) {  // the window's row is contiguous in the input
-            const float* __restrict src = in + (int64_t{iy} * iw + ix0) * ci;
-            for (int64_t j = 0; j < int64_t{L.kw} * ci; ++j) dst[j] = src[j];
-          } else {
-            for (int kx = 0; kx < L.kw; ++kx) {
-              const int ix = ix0 + kx * L.dw;
-              const float* __restrict src = in + (int64_t{iy} * iw + ix) * ci;
-              for (int j = 0; j < ci; ++j) dst[kx * ci + j] = ix >= 0 && ix < iw ? src[j] : 0.0f;
-            }
-          }
-        }
-      }
-    }
-    // out rows [ty, ty+rows): [rows*ow, co] = col [rows*ow, k] x w [co, k]^T
-    float* o = out + int64_t{ty} * ow * co;
-    matmul(int64_t{rows} * ow, co, k, col, k, L.w.data(), k, o, co, /*b_transposed=*/true);
-    bias_act(o, int64_t{rows} * ow, co, co, L.b.data(), L.lo, L.hi);
-  }
-}
-
-// Depthwise conv, any window / multiplier, output rows [y0, y1): channels innermost.
-void depthwise_generic(const Layer& L, const float* __restrict in, float* __restrict out, int y0, int y1) {
-  const int ih = L.in.h, iw = L.in.w, ci = L.in.c, ow = L.out_shape.w, co = L.out_shape.c, mult = L.mult;
-  const float* __restrict w = L.w.data();  // [kh][kw][co]
-  for (int oy = y0; oy < y1; ++oy) {
-    for (int ox = 0; ox < ow; ++ox) {
-      float* __restrict o = out + (int64_t{oy} * ow + ox) * co;  // [co]
-      std::memcpy(o, L.b.data(), sizeof(float) * co);
-      for (int ky = 0; ky < L.kh; ++ky) {
-        const int iy = oy * L.sh - L.pad_top + ky * L.dh;
-        if (iy < 0 || iy >= ih) continue;
-        for (int kx = 0; kx < L.kw; ++kx) {
-          const int ix = ox * L.sw - L.pad_left + kx * L.dw;
-          if (ix < 0 || ix >= iw) continue;
-          const float* __restrict x = in + (int64_t{iy} * iw + ix) * ci;  // [ci]
-          const float* __restrict wk = w + (int64_t{ky} * L.kw + kx) * co;  // [co]
-          if (mult == 1) {
-            for (int c = 0; c < co; ++c) o[c] += x[c] * wk[c];
-          } else {
-            for (int c = 0; c < co; ++c) o[c] += x[c / mult] * wk[c];
-          }
-        }
-      }
-      for (int c = 0; c < co; ++c) o[c] = std::min(std::max(o[c], L.lo), L.hi);
-    }
-  }
-}
-
-// 16 floats: one AVX-512 register (two AVX2 ones where that is the target).
-typedef float v16 __attribute__((vector_size(64)));
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-
-// Depthwise KxK, multiplier 1, output rows [y0, y1): per block of 16 channels
-// the K*K weight vectors stay in registers while the row's pixels stream by.
-// Channels past the last full block go through depthwise_generic's loop.
-template <int K>
-void depthwise_k(const Layer& L, const float* __restrict in, float* __restrict out, int y0, int y1) {
-  const int ih = L.in.h, iw = L.in.w, c = L.in.c, ow = L.out_shape.w;
-  const int sw = L.sw, dw = L.dw, cv = c / 16 * 16;
-  const v16 lo = v16{} + L.lo, hi = v16{} + L.hi;
-  for (int oy = y0; oy < y1; ++oy) {
-    const float* rows[K];  // input rows under the window, nullptr in the padding
-    for (int ky = 0; ky < K; ++ky) {
-      const int iy = oy * L.sh - L.pad_top + ky * L.dh;
-      rows[ky] = iy >= 0 && iy < ih ? in + int64_t{iy} * iw * c : nullptr;  // [iw, c]
-    }
-    float* __restrict orow = out + int64_t{oy} * ow * c;  // [ow, c]
-    for (int c0 = 0; c0 < cv; c0 += 16) {
-      v16 w[K * K];
-      for (int t = 0; t < K * K; ++t) w[t] = load16(L.w.data() + int64_t{t} * c + c0);
-      const v16 bias = load16(L.b.data() + c0);
-      for (int ox = 0; ox < ow; ++ox) {
-        const int ix0 = ox * sw - L.pad_left;
-        v16 acc = bias;
-        if (ix0 >= 0 && ix0 + (K - 1) * dw < iw) {
-          for (int ky = 0; ky < K; ++ky) {
-            if (!rows[ky]) continue;
-            const float* x = rows[ky] + int64_t{ix0} * c + c0;
-            for (int kx = 0; kx < K; ++kx) acc += load16(x + int64_t{kx} * dw * c) * w[ky * K + kx];
-          }
-        } else {
-          for (int ky = 0; ky < K; ++ky) {
-            if (!rows[ky]) continue;
-            for (int kx = 0; kx < K; ++kx) {
-              const int ix = ix0 + kx * dw;
-              if (ix >= 0 && ix < iw) acc += load16(rows[ky] + int64_t{ix} * c + c0) * w[ky * K + kx];
-            }
-          }
-        }
-        acc = acc < lo ? lo : acc;
-        acc = acc > hi ? hi : acc;
-        store16(orow + int64_t{ox} * c + c0, acc);
-      }
-    }
-    if (cv < c) {
-      for (int ox = 0; ox < ow; ++ox) {
-        float* o = orow + int64_t{ox} * c;
-        for (int j = cv; j < c; ++j) {
-          float acc = L.b[j];
-          for (int ky = 0; ky < K; ++ky) {
-            if (!rows[ky]) continue;
-            for (int kx = 0; kx < K; ++kx) {
-              const int ix = ox * sw - L.pad_left + kx * dw;
-              if (ix >= 0 && ix < iw) acc += rows[ky][int64_t{ix} * c + j] * L.w[(ky * K + kx) * c + j];
-            }
-          }
-          o[j] = std::min(std::max(acc, L.lo), L.hi);
-        }
-      }
-    }
-  }
-}
-
-void depthwise(const Layer& L, const float* in, float* out, int y0, int y1) {
-  if (L.mult == 1 && L.kh == 3 && L.kw == 3) return depthwise_k<3>(L, in, out, y0, y1);
-  if (L.mult == 1 && L.kh == 5 && L.kw == 5) return depthwise_k<5>(L, in, out, y0, y1);
-  depthwise_generic(L, in, out, y0, y1);
-}
-
-// TFLite average pool, output rows [y0, y1): the mean over the window's
-// in-bounds pixels (padding is not counted).
-void avg_pool(const Layer& L, const float* __restrict in, float* __restrict out, int y0, int y1) {
-  const int ih = L.in.h, iw = L.in.w, c = L.in.c, ow = L.out_shape.w;
-  for (int oy = y0; oy < y1; ++oy) {
-    const int ys = std::max(0, oy * L.sh - L.pad_top), ye = std::min(ih, oy * L.sh - L.pad_top + L.kh);
-    for (int ox = 0; ox < ow; ++ox) {
-      const int xs = std::max(0, ox * L.sw - L.pad_left), xe = std::min(iw, ox * L.sw - L.pad_left + L.kw);
-      float* __restrict o = out + (int64_t{oy} * ow + ox) * c;  // [c]
-      std::fill(o, o + c, 0.0f);
-      for (int y = ys; y < ye; ++y)
-        for (int x = xs; x < xe; ++x) {
-          const float* __restrict p = in + (int64_t{y} * iw + x) * c;
-          for (int j = 0; j < c; ++j) o[j] += p[j];
-        }
-      const float inv = 1.0f / std::max(1, (ye - ys) * (xe - xs));
-      for (int j = 0; j < c; ++j) o[j] = std::min(std::max(o[j] * inv, L.lo), L.hi);
-    }
-  }
-}
-
-void add(const Layer& L, const float* __restrict a, const float* __restrict b, float* __restrict o, int64_t i0,
-         int64_t i1) {
-  for (int64_t i = i0; i < i1; ++i) o[i] = std::min(std::max(a[i] + b[i], L.lo), L.hi);
+// One level's kernels.
+struct Kernels {
+  void (*conv_pointwise)(const Layer&, const float*, float*, int64_t, int64_t, int, int);
+  void (*conv_im2col)(const Layer&, const float*, float*, int, int, float*);
+  void (*depthwise)(const Layer&, const float*, float*, int, int);
+  void (*avg_pool)(const Layer&, const float*, float*, int, int);
+  void (*add)(const Layer&, const float*, const float*, float*, int64_t, int64_t);
+};
+const Kernels& kernels_for(Isa isa) {
+  static const Kernels k[3] = {
+      {portable::conv_pointwise, portable::conv_im2col, portable::depthwise, portable::avg_pool, portable::add},
+      {avx2::conv_pointwise, avx2::conv_im2col, avx2::depthwise, avx2::avg_pool, avx2::add},
+      {avx512::conv_pointwise, avx512::conv_im2col, avx512::depthwise, avx512::avg_pool, avx512::add}};
+  return k[static_cast<int>(isa)];
 }
 
 void softmax(const Layer& L, const float* in, float* out, int group) {
@@ -608,7 +468,7 @@ void for_image_rows(const Layer& L, int64_t r0, int64_t r1, F f) {
 }
 
 // One layer over a group of images: x, x1 -> y, each `group` values back to back.
-void run_layer(const Layer& L, const float* x, const float* x1, float* y, Scratch& s, Team& team) {
+void run_layer(const Kernels& k, const Layer& L, const float* x, const float* x1, float* y, Scratch& s, Team& team) {
   const int group = s.group;
   const int64_t in_size = L.in.size(), out_size = L.out_shape.size();
   const int64_t rows = int64_t{group} * L.out_shape.h;
@@ -618,34 +478,34 @@ void run_layer(const Layer& L, const float* x, const float* x1, float* y, Scratc
         const int64_t m = int64_t{group} * L.out_shape.h * L.out_shape.w;
         const int co = L.out_shape.c;
         if (team.size() == 1 || m >= 256 * int64_t{team.size()}) {
-          parallel_ranges(team, m, 256, [&](int64_t b, int64_t e, int) { conv_pointwise(L, x, y, b, e, 0, co); });
+          parallel_ranges(team, m, 256, [&](int64_t b, int64_t e, int) { k.conv_pointwise(L, x, y, b, e, 0, co); });
         } else {
           // Few pixels (the 7x7 and 14x14 layers): split the output channels
           // instead, so each thread packs only its part of the weights.
           parallel_ranges(team, (co + 15) / 16, 1, [&](int64_t b, int64_t e, int) {
-            conv_pointwise(L, x, y, 0, m, static_cast<int>(b * 16), static_cast<int>(std::min<int64_t>(co, e * 16)));
+            k.conv_pointwise(L, x, y, 0, m, static_cast<int>(b * 16), static_cast<int>(std::min<int64_t>(co, e * 16)));
           });
         }
       } else {
         parallel_ranges(team, rows, 1, [&](int64_t b, int64_t e, int worker) {
           for_image_rows(L, b, e, [&](int g, int y0, int y1) {
-            conv_im2col(L, x + g * in_size, y + g * out_size, y0, y1, s.col[worker].get());
+            k.conv_im2col(L, x + g * in_size, y + g * out_size, y0, y1, s.col[worker].get());
           });
         });
       }
       break;
     case Kind::depthwise:
       parallel_ranges(team, rows, 1, [&](int64_t b, int64_t e, int) {
-        for_image_rows(L, b, e, [&](int g, int y0, int y1) { depthwise(L, x + g * in_size, y + g * out_size, y0, y1); });
+        for_image_rows(L, b, e, [&](int g, int y0, int y1) { k.depthwise(L, x + g * in_size, y + g * out_size, y0, y1); });
       });
       break;
     case Kind::avg_pool:
       parallel_ranges(team, rows, 1, [&](int64_t b, int64_t e, int) {
-        for_image_rows(L, b, e, [&](int g, int y0, int y1) { avg_pool(L, x + g * in_size, y + g * out_size, y0, y1); });
+        for_image_rows(L, b, e, [&](int g, int y0, int y1) { k.avg_pool(L, x + g * in_size, y + g * out_size, y0, y1); });
       });
       break;
     case Kind::add:
-      parallel_ranges(team, group * out_size, 16384, [&](int64_t b, int64_t e, int) { add(L, x, x1, y, b, e); });
+      parallel_ranges(team, group * out_size, 16384, [&](int64_t b, int64_t e, int) { k.add(L, x, x1, y, b, e); });
       break;
     case Kind::softmax:
       softmax(L, x, y, group);
@@ -658,7 +518,8 @@ void run_layer(const Layer& L, const float* x, const float* x1, float* y, Scratc
 
 // A group of s.group images through a plan: pixels [group, 3, S, S] (CHW) ->
 // out [group, value size].
-void run_group(const MobileNet::Impl& net, const Plan& p, const float* pixels, float* out, Scratch& s, Team& team) {
+void run_group(const Kernels& k, const MobileNet::Impl& net, const Plan& p, const float* pixels, float* out, Scratch& s,
+               Team& team) {
   const Shape& is = net.values[0];
   const int64_t plane = int64_t{is.h} * is.w;
   float* x = s.slot(p, 0);  // [group, S, S, 3]
@@ -667,7 +528,7 @@ void run_group(const MobileNet::Impl& net, const Plan& p, const float* pixels, f
       for (int c = 0; c < 3; ++c) x[i * 3 + c] = pixels[c * plane + i];
   for (int li : p.layers) {
     const Layer& L = net.layers[li];
-    run_layer(L, s.slot(p, L.in0), L.in1 >= 0 ? s.slot(p, L.in1) : nullptr, s.slot(p, L.out), s, team);
+    run_layer(k, L, s.slot(p, L.in0), L.in1 >= 0 ? s.slot(p, L.in1) : nullptr, s.slot(p, L.out), s, team);
   }
   std::memcpy(out, s.slot(p, p.out_value), sizeof(float) * s.group * net.values[p.out_value].size());
 }
@@ -688,6 +549,7 @@ void run_batch(const MobileNet::Impl& net, const Plan& p, const float* pixels, i
   threads = std::min(threads, 256);
   // Our threads each call matmul; BLAS threading on top would oversubscribe the cores.
   if (blas_threads() != 1) set_blas_threads(1);
+  const Kernels& k = kernels_for(cpu_isa());
   const int64_t in_floats = int64_t{3} * net.input_size * net.input_size;
   const int64_t out_floats = net.values[p.out_value].size();
   Team team(threads);
@@ -704,17 +566,17 @@ void run_batch(const MobileNet::Impl& net, const Plan& p, const float* pixels, i
     std::unique_ptr<Scratch> tail = last != group ? std::make_unique<Scratch>(p, last, 1) : nullptr;
     team.run(groups, [&](int64_t gi, int worker) {
       Scratch& s = gi == groups - 1 && tail ? *tail : *scratch[worker];
-      run_group(net, p, pixels + gi * group * in_floats, out + gi * group * out_floats, s, *solo[worker]);
+      run_group(k, net, p, pixels + gi * group * in_floats, out + gi * group * out_floats, s, *solo[worker]);
     });
     return;
   }
   const int group = std::min(kMaxGroup, n);
   Scratch s(p, group, threads);
   int i = 0;
-  for (; i + group <= n; i += group) run_group(net, p, pixels + i * in_floats, out + i * out_floats, s, team);
+  for (; i + group <= n; i += group) run_group(k, net, p, pixels + i * in_floats, out + i * out_floats, s, team);
   if (i < n) {
     Scratch tail(p, n - i, threads);
-    run_group(net, p, pixels + i * in_floats, out + i * out_floats, tail, team);
+    run_group(k, net, p, pixels + i * in_floats, out + i * out_floats, tail, team);
   }
 }
 

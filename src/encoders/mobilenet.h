@@ -18,6 +18,9 @@
 // Operators: CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, ADD, SOFTMAX,
 // RESHAPE / SQUEEZE / QUANTIZE / DEQUANTIZE (as copies); fused NONE / RELU /
 // RELU6 / RELU_N1_TO_1. Anything else throws vismem::Error at load.
+// Kernels: per vector ISA level (portable, AVX2, AVX-512; mobilenet_kernels.inl),
+// chosen at run time by cpu_isa(); the 1x1 and im2col convs are OpenBLAS
+// sgemm, which picks its own kernels by CPU.
 // Thread safety: read-only after load; forward() / run_full() may run from
 // several threads at once (each call allocates its own scratch). They thread
 // themselves (team.h) and so set OpenBLAS to one thread (set_blas_threads(1)).

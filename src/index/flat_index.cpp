@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "cpu.h"
 #include "error.h"
 #include "linalg.h"
 
@@ -25,8 +26,9 @@ namespace vismem {
 namespace {
 
 constexpr int kLanes = 16;
-// Scan tunables, picked by A/B runs (two builds in one process, alternating,
-// best of 5-9, 1 thread; N = 300k, d = 384 and N = 150k, d = 1024):
+// Scan tunables, picked by A/B runs on the AVX-512 Xeon (two builds in one
+// process, alternating, best of 5-9, 1 thread; N = 300k, d = 384 and N =
+// 150k, d = 1024); the AVX2 level's differences are in flat_kernels.inl:
 // - software prefetch of the next 4-row tile: batch 4 at 11.4 vs 17-18 ms/query
 //   without it (streaming several rows at once defeats the hardware prefetcher);
 // - rows in L2-sized blocks, each swept by groups of up to 6 queries (6 x 4
@@ -42,264 +44,6 @@ constexpr int64_t kRowBlockBytes = 512 << 10;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-// ---------------------------------------------------------------------------
-// The exact dot product. Definition (every implementation below must match it
-// bit for bit): acc[l] = 0 for 16 lanes; for each block of 16 columns (the last
-// one zero padded) acc[l] = fma(q[j+l], x[j+l], acc[l]); then
-// s8[l] = acc[l] + acc[l+8], s4[l] = s8[l] + s8[l+4], s2[l] = s4[l] + s4[l+2],
-// dot = s2[0] + s2[1]. fma is correctly rounded and + is commutative, so the
-// AVX-512 and the portable versions agree exactly.
-// ---------------------------------------------------------------------------
-#if defined(__AVX512F__)
-inline float reduce16(__m512 a) {
-  __m256 lo = _mm512_castps512_ps256(a);
-  __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
-  __m256 s8 = _mm256_add_ps(lo, hi);
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  __m128 s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
-  return _mm_cvtss_f32(s1);
-}
-
-// reduce16 of 16 vectors at once: lane 4c + j of the result is reduce16(v[4j + c]),
-// bit for bit (each level adds the same lane pairs as reduce16's tree).
-inline __m512 reduce16x16(const __m512* v) {
-  __m512 w[8], y[4], z[2];
-  for (int k = 0; k < 8; ++k)  // s8: lanes l and l+8; w[k] = s8(v[2k]) | s8(v[2k+1])
-    w[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
-                         _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xEE));
-  for (int m = 0; m < 4; ++m)  // s4: quarters 0+1 of each half; y[m] quarter c = s4(v[4m + c])
-    y[m] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], 0x88),
-                         _mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], 0xDD));
-  for (int h = 0; h < 2; ++h)  // s2: elements 0+2, 1+3 of each quarter
-    z[h] = _mm512_add_ps(_mm512_shuffle_ps(y[2 * h], y[2 * h + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(y[2 * h], y[2 * h + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  // s2[0] + s2[1]
-  return _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
-#endif
-
-[[maybe_unused]] float reduce16_portable(const float* acc) {
-  float s8[8], s4[4], s2[2];
-  for (int l = 0; l < 8; ++l) s8[l] = acc[l] + acc[l + 8];
-  for (int l = 0; l < 4; ++l) s4[l] = s8[l] + s8[l + 4];
-  for (int l = 0; l < 2; ++l) s2[l] = s4[l] + s4[l + 2];
-  return s2[0] + s2[1];
-}
-
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
-// reduce16 of the 16 lanes lo (0-7) | hi (8-15): the same additions in the same order.
-inline float reduce16_avx2(__m256 lo, __m256 hi) {
-  __m256 s8 = _mm256_add_ps(lo, hi);
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  __m128 s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
-  return _mm_cvtss_f32(s1);
-}
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-#endif
-
-// Any pointers, any d (masked tail).
-float exact_dot(const float* a, const float* b, int d) {
-#if defined(__AVX512F__)
-  __m512 acc = _mm512_setzero_ps();
-  int j = 0;
-  for (; j + kLanes <= d; j += kLanes) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), acc);
-  if (j < d) {
-    __mmask16 m = static_cast<__mmask16>((1u << (d - j)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + j), _mm512_maskz_loadu_ps(m, b + j), acc);
-  }
-  return reduce16(acc);
-#elif defined(__AVX2__) && defined(__FMA__)
-  // Lanes 0-7 and 8-15 of the 16-lane definition in two registers.
-  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-  int j = 0;
-  for (; j + kLanes <= d; j += kLanes) {
-    lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), lo);
-    hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), hi);
-  }
-  if (j < d) {
-    alignas(32) float ta[kLanes] = {}, tb[kLanes] = {};
-    std::memcpy(ta, a + j, sizeof(float) * (d - j));
-    std::memcpy(tb, b + j, sizeof(float) * (d - j));
-    lo = _mm256_fmadd_ps(_mm256_load_ps(ta), _mm256_load_ps(tb), lo);
-    hi = _mm256_fmadd_ps(_mm256_load_ps(ta + 8), _mm256_load_ps(tb + 8), hi);
-  }
-  return reduce16_avx2(lo, hi);
-#else
-  float acc[kLanes] = {};
-  for (int j = 0; j < d; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      float av = j + l < d ? a[j + l] : 0.0f, bv = j + l < d ? b[j + l] : 0.0f;
-      acc[l] = std::fma(av, bv, acc[l]);
-    }
-  return reduce16_portable(acc);
-#endif
-}
-
-#if defined(__F16C__)
-inline uint16_t to_half(float v) { return _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT); }
-inline float from_half(uint16_t h) { return _cvtsh_ss(h); }
-#endif
-
-#if defined(__AVX512F__)
-inline __m512 load_row(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load_row(const uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-#endif
-
-// out[i * NR + r] = dot of query i (q + i * ldq) and row r (x + r * ldx) over
-// dp columns (a multiple of 16: rows and queries are zero padded). For float
-// rows this is exactly exact_dot: each (query, row) pair has its own
-// accumulator and the same operation order; the tile only shares the loads
-// (each loaded block of the matrix feeds NQ FMAs, NQ * NR chains hide the FMA
-// latency). For float16 rows it is an approximation (candidates only).
-template <int NQ, int NR, class T>
-inline void dot_tile(const float* q, int64_t ldq, const T* x, int64_t ldx, int dp, float* out) {
-#if defined(__AVX512F__)
-  __m512 acc[NQ][NR];
-  for (int i = 0; i < NQ; ++i)
-    for (int r = 0; r < NR; ++r) acc[i][r] = _mm512_setzero_ps();
-  for (int j = 0; j < dp; j += kLanes) {
-    __m512 xv[NR];
-    for (int r = 0; r < NR; ++r) xv[r] = load_row(x + r * ldx + j);
-    for (int i = 0; i < NQ; ++i) {
-      __m512 qv = _mm512_loadu_ps(q + i * ldq + j);
-      for (int r = 0; r < NR; ++r) acc[i][r] = _mm512_fmadd_ps(qv, xv[r], acc[i][r]);
-    }
-  }
-  if constexpr (NR == 4) {
-    // 16 sums at once, transposed (~3 shuffle/add ops per pair instead of 8,
-    // and those share ports with the FMAs); lane 4i + r = pair (i0 + i, r).
-    for (int i0 = 0; i0 < NQ; i0 += 4) {
-      __m512 v[16];
-      for (int r = 0; r < 4; ++r)
-        for (int i = 0; i < 4; ++i) v[4 * r + i] = i0 + i < NQ ? acc[i0 + i < NQ ? i0 + i : 0][r] : _mm512_setzero_ps();
-      __m512 sums = reduce16x16(v);
-      const int m = NQ - i0 < 4 ? NQ - i0 : 4;
-      if (m == 4) {
-        _mm512_storeu_ps(out + i0 * 4, sums);
-      } else {
-        _mm512_mask_storeu_ps(out + i0 * 4, static_cast<__mmask16>((1u << (4 * m)) - 1), sums);
-      }
-    }
-  } else {
-    for (int i = 0; i < NQ; ++i)
-      for (int r = 0; r < NR; ++r) out[i * NR + r] = reduce16(acc[i][r]);
-  }
-#elif defined(__AVX2__) && defined(__FMA__)
-  // 16 registers: one query at a time against the NR rows (which stay in L1
-  // between queries), two accumulators per pair (lanes 0-7, 8-15).
-  for (int i = 0; i < NQ; ++i) {
-    __m256 lo[NR], hi[NR];
-    for (int r = 0; r < NR; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
-    const float* qi = q + i * ldq;
-    for (int j = 0; j < dp; j += kLanes) {
-      const __m256 qlo = _mm256_loadu_ps(qi + j), qhi = _mm256_loadu_ps(qi + j + 8);
-      for (int r = 0; r < NR; ++r) {
-        lo[r] = _mm256_fmadd_ps(qlo, load8(x + r * ldx + j), lo[r]);
-        hi[r] = _mm256_fmadd_ps(qhi, load8(x + r * ldx + j + 8), hi[r]);
-      }
-    }
-    for (int r = 0; r < NR; ++r) out[i * NR + r] = reduce16_avx2(lo[r], hi[r]);
-  }
-#else
-  for (int i = 0; i < NQ; ++i)
-    for (int r = 0; r < NR; ++r) {
-      if constexpr (std::is_same_v<T, float>) {
-        out[i * NR + r] = exact_dot(q + i * ldq, x + r * ldx, dp);
-      } else {
-#if defined(__F16C__)
-        float s = 0.0f;
-        for (int j = 0; j < dp; ++j) s += q[i * ldq + j] * from_half(x[r * ldx + j]);
-        out[i * NR + r] = s;
-#endif
-      }
-    }
-#endif
-}
-
-// Streaming 8 rows at once defeats the hardware prefetcher (measured), so
-// the scan fetches the next tile's rows itself while computing this one.
-template <class T>
-inline void prefetch_rows(const T* x, int64_t ld, int64_t rows) {
-#if defined(__SSE__)
-  const char* p = reinterpret_cast<const char*>(x);
-  const int64_t bytes = rows * ld * static_cast<int64_t>(sizeof(T));
-  for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-#endif
-}
-
-// One group of G queries against rows [r, rend), 4 rows per tile (G * 4
-// accumulators, at most 24 of the 32 vector registers).
-// Pulls the next row block into L2 a slice per tile, so the block's first
-// sweep (from memory) overlaps the compute of the current block's sweeps.
-struct L2Stream {
-  const char* p;
-  const char* end;
-  int64_t step;
-  void advance() {
-#if defined(__SSE__)
-    for (int64_t o = 0; o < step && p < end; o += 64, p += 64) _mm_prefetch(p, _MM_HINT_T1);
-#endif
-  }
-};
-
-template <int G, class T, class Sink>
-inline void group_tiles(const float* qi, int64_t ld, int dp, const T* X, int64_t r, int64_t rend, int64_t r1,
-                        int64_t i, L2Stream& l2, Sink& sink) {
-  float out[8 * 4];
-  for (; r + 4 <= rend; r += 4) {
-    if (kPrefetch) prefetch_rows(X + (r + 4) * ld, ld, std::min<int64_t>(4, r1 - r - 4));
-    l2.advance();
-    dot_tile<G, 4>(qi, ld, X + r * ld, ld, dp, out);
-    for (int a = 0; a < G; ++a)
-      for (int b = 0; b < 4; ++b) sink(i + a, r + b, out[a * 4 + b]);
-  }
-  for (; r < rend; ++r) {
-    dot_tile<G, 1>(qi, ld, X + r * ld, ld, dp, out);
-    for (int a = 0; a < G; ++a) sink(i + a, r, out[a]);
-  }
-}
-
-// Calls sink(query, row, dot) for every query in [0, nq) and row in [r0, r1).
-// Rows go in blocks that stay in L2 (read from memory once per search); for
-// each block the queries go in groups of up to kQueryGroup (kept in L1), each
-// group sweeping the block's rows 4 at a time.
-template <class T, class Sink>
-void scan_rows(const float* q, int64_t nq, int64_t ld, const T* X, int64_t r0, int64_t r1, Sink&& sink) {
-  const int dp = static_cast<int>(ld);
-  const int64_t block = std::max<int64_t>(4, kRowBlockBytes / (ld * static_cast<int64_t>(sizeof(T))) / 4 * 4);
-  if (kPrefetch) prefetch_rows(X + r0 * ld, ld, std::min<int64_t>(4, r1 - r0));
-  for (int64_t rb = r0; rb < r1; rb += block) {
-    const int64_t re = std::min(r1, rb + block);
-    // Balanced groups (8 queries: 4 + 4, not 6 + 2).
-    const int64_t groups = (nq + kQueryGroup - 1) / kQueryGroup;
-    const int64_t next_bytes = (std::min(r1, re + block) - re) * ld * static_cast<int64_t>(sizeof(T));
-    const int64_t steps = groups * ((re - rb) / 4 + 1);
-    // One group streams anyway (the tile prefetch covers it).
-    L2Stream l2{reinterpret_cast<const char*>(X + re * ld),
-                reinterpret_cast<const char*>(X + re * ld) + (groups > 1 ? next_bytes : 0),
-                (next_bytes / steps + 64) / 64 * 64};
-    for (int64_t gi = 0, i = 0; gi < groups; ++gi) {
-      const int g = static_cast<int>((nq - i) / (groups - gi) + ((nq - i) % (groups - gi) ? 1 : 0));
-      const float* qi = q + i * ld;
-      switch (g) {
-        case 1: group_tiles<1>(qi, ld, dp, X, rb, re, r1, i, l2, sink); break;
-        case 2: group_tiles<2>(qi, ld, dp, X, rb, re, r1, i, l2, sink); break;
-        case 3: group_tiles<3>(qi, ld, dp, X, rb, re, r1, i, l2, sink); break;
-        case 4: group_tiles<4>(qi, ld, dp, X, rb, re, r1, i, l2, sink); break;
-        case 5: group_tiles<5>(qi, ld, dp, X, rb, re, r1, i, l2, sink); break;
-        default: group_tiles<6>(qi, ld, dp, X, rb, re, r1, i, l2, sink); break;
-      }
-      i += g;
-    }
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Selection.
@@ -389,6 +133,59 @@ void write_row(std::vector<Hit>& hits, int k, float* dist, int64_t* keys) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// The kernels, compiled once per vector ISA level (flat_kernels.inl) and
+// chosen at run time by cpu_isa(); every level returns the same bits.
+// ---------------------------------------------------------------------------
+#define VISMEM_FLAT_LEVEL 0
+namespace portable {
+#include "flat_kernels.inl"
+}  // namespace portable
+#undef VISMEM_FLAT_LEVEL
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define VISMEM_FLAT_LEVEL 1
+namespace avx2 {
+#include "flat_kernels.inl"
+}  // namespace avx2
+#undef VISMEM_FLAT_LEVEL
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
+#define VISMEM_FLAT_LEVEL 2
+namespace avx512 {
+#include "flat_kernels.inl"
+}  // namespace avx512
+#undef VISMEM_FLAT_LEVEL
+#pragma GCC pop_options
+
+float exact_dot(Isa isa, const float* a, const float* b, int d) {
+  switch (isa) {
+    case Isa::avx512: return avx512::exact_dot(a, b, d);
+    case Isa::avx2: return avx2::exact_dot(a, b, d);
+    default: return portable::exact_dot(a, b, d);
+  }
+}
+
+template <class T, class Sink>
+void scan_rows(Isa isa, const float* q, int64_t nq, int64_t ld, const T* X, int64_t r0, int64_t r1, Sink&& sink) {
+  switch (isa) {
+    case Isa::avx512: return avx512::scan_rows(q, nq, ld, X, r0, r1, sink);
+    case Isa::avx2: return avx2::scan_rows(q, nq, ld, X, r0, r1, sink);
+    default: return portable::scan_rows(q, nq, ld, X, r0, r1, sink);
+  }
+}
+
+void push_scores(Isa isa, CandidateSet& c, const float* s, int64_t nr, int64_t rb, const int64_t* K) {
+  switch (isa) {
+    case Isa::avx512: return avx512::push_scores(c, s, nr, rb, K);
+    case Isa::avx2: return avx2::push_scores(c, s, nr, rb, K);
+    default: return portable::push_scores(c, s, nr, rb, K);
+  }
+}
+
 // Unit roundoff of float32 and the classic bound gamma_n = n u / (1 - n u) on
 // the relative error of an n-term dot product in any summation order.
 constexpr double kUnit = 1.0 / (1 << 24);
@@ -398,20 +195,16 @@ double gamma_n(int n) { return n * kUnit / (1.0 - n * kUnit); }
 // thread with 256-query chunks, L2/L3 resident; FAISS uses 1024 x 4096).
 constexpr int64_t kBlockRows = 1024;
 constexpr int64_t kQueryChunk = 256;
-// Scan::automatic. Without AVX-512 the fixed-order kernel is portable code, so
-// batches above kScanMaxBatch go to sgemm (+ rescoring). With AVX-512 the
-// kernel runs every batch size unless sgemm measures faster (blas_is_faster):
-// that depends on the BLAS build and the CPU it detected. OpenBLAS 0.3.21
-// takes this Xeon (Sapphire Rapids) for "Prescott" and runs SSE3 sgemm, ~25
-// GFLOP/s per core against the kernel's ~75; with OPENBLAS_CORETYPE=SkylakeX
-// its sgemm path was ~2x faster than the kernel at batch >= 256.
+// Scan::automatic. Without AVX-512 (AVX2: 16 vector registers; portable:
+// no FMA instructions) batches above kScanMaxBatch go to sgemm (+
+// rescoring). With AVX-512 the kernel runs every batch size unless sgemm
+// measures faster (blas_is_faster): that depends on the BLAS build and the
+// CPU it detected. OpenBLAS 0.3.21 takes this Xeon (Sapphire Rapids) for
+// "Prescott" and runs SSE3 sgemm, ~25 GFLOP/s per core against the kernel's
+// ~75; with OPENBLAS_CORETYPE=SkylakeX its sgemm path was ~2x faster than the
+// kernel at batch >= 256.
 constexpr int64_t kScanMaxBatch = 8;
 constexpr int64_t kBlasMinBatch = 64;
-#if defined(__AVX512F__)
-constexpr bool kKernelForAll = true;
-#else
-constexpr bool kKernelForAll = false;
-#endif
 // Batches up to this scan the float16 copy (memory bound there); larger ones
 // are compute bound and scan float32 directly (no rescoring needed).
 constexpr int64_t kF16MaxBatch = 8;
@@ -441,7 +234,7 @@ bool blas_is_faster(int64_t ld) {
   using clock = std::chrono::steady_clock;
   for (int rep = 0; rep < 3; ++rep) {
     auto t0 = clock::now();
-    scan_rows(a.data(), m, ld, b.data(), 0, rows, [&](int64_t, int64_t, float s) { sum += s; });
+    scan_rows(cpu_isa(), a.data(), m, ld, b.data(), 0, rows, [&](int64_t, int64_t, float s) { sum += s; });
     auto t1 = clock::now();
     matmul(m, rows, ld, a.data(), ld, b.data(), ld, c.data(), rows, /*b_transposed=*/true);
     auto t2 = clock::now();
@@ -460,13 +253,11 @@ FlatIndex::FlatIndex(int dim) : FlatIndex(dim, Options{}) {}
 FlatIndex::FlatIndex(int dim, Options options)
     : dim_(dim), ld_(static_cast<int>(round_up(dim, kLanes))), options_(options) {
   if (dim <= 0) throw Error("FlatIndex: dimension must be positive, got " + std::to_string(dim));
-#if !defined(__F16C__)
-  if (options.storage == Storage::f16)
-    throw Error("FlatIndex: float16 storage needs a build with F16C (VISMEM_NATIVE on an x86-64-v3 CPU)");
-#endif
+  if (options.storage == Storage::f16 && !flat_f16_supported())
+    throw Error("FlatIndex: float16 storage needs a CPU with F16C (x86-64-v3)");
 }
 
-float FlatIndex::distance(const float* q, const float* x, int d) { return 1.0f - exact_dot(q, x, d); }
+float FlatIndex::distance(const float* q, const float* x, int d) { return 1.0f - exact_dot(cpu_isa(), q, x, d); }
 
 void FlatIndex::reserve(int64_t n) {
   if (n < 0) throw Error("FlatIndex::reserve: negative count " + std::to_string(n));
@@ -516,12 +307,7 @@ void FlatIndex::add(int64_t n, const float* x, const int64_t* keys) {
     double norm2 = 0.0;
     for (int j = 0; j < dim_; ++j) norm2 += static_cast<double>(src[j]) * src[j];
     max_norm_ = std::max(max_norm_, std::sqrt(norm2));
-#if defined(__F16C__)
-    if (f16) {
-      uint16_t* h = half_.data() + (n0 + i) * ld_;
-      for (int j = 0; j < dim_; ++j) h[j] = to_half(src[j]);
-    }
-#endif
+    if (f16) flat_to_half(src, half_.data() + (n0 + i) * ld_, dim_);
     keys_.push_back(keys[i]);
     row_of_.emplace(keys[i], n0 + i);
   }
@@ -572,21 +358,16 @@ void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options&
 
 int flat_row_stride(int dim) { return static_cast<int>(round_up(dim, kLanes)); }
 
-bool flat_f16_supported() {
-#if defined(__F16C__)
-  return true;
-#else
-  return false;
-#endif
-}
+// The float16 copy pays only where the CPU converts it in hardware; the
+// portable conversion (which any level can run) gives the same bits.
+bool flat_f16_supported() { return cpu_features().f16c; }
 
 void flat_to_half(const float* x, uint16_t* out, int64_t n) {
-#if defined(__F16C__)
-  for (int64_t j = 0; j < n; ++j) out[j] = to_half(x[j]);
-#else
-  (void)x, (void)out, (void)n;
-  throw Error("float16 storage needs a build with F16C (VISMEM_NATIVE on an x86-64-v3 CPU)");
-#endif
+  switch (cpu_isa()) {
+    case Isa::avx512: return avx512::to_half_n(x, out, n);
+    case Isa::avx2: return avx2::to_half_n(x, out, n);
+    default: return portable::to_half_n(x, out, n);
+  }
 }
 
 void FlatIndex::search(int64_t nq, const float* q, int k, float* distances, int64_t* out_keys, int threads) const {
@@ -665,9 +446,18 @@ void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options&
   // Rows [row_begin(t), row_begin(t+1)) belong to worker t.
   auto row_begin = [&](int t, int nt) { return n * t / nt; };
 
+  // One level for the whole search, even if set_isa() runs meanwhile.
+  const Isa isa = cpu_isa();
   FlatIndex::Scan scan = options_.scan;
   if (scan == FlatIndex::Scan::automatic) {
-    if (!kKernelForAll) {
+    if (isa == Isa::portable) {
+      // Without FMA instructions the fixed order costs a libm fmaf per
+      // multiply-add: sgemm (which picks its own kernels by CPU) nominates
+      // and only the candidates pay for it (batch 1, 20k x 1024: 28 q/s
+      // against 8 for the portable kernel; its float16 scan, scalar
+      // conversions, 12). Scan::kernel still runs the portable kernels.
+      scan = FlatIndex::Scan::blas;
+    } else if (isa != Isa::avx512) {
       scan = nq <= kScanMaxBatch ? FlatIndex::Scan::kernel : FlatIndex::Scan::blas;
     } else {
       // Only with single-threaded BLAS: the comparison is one core against one core.
@@ -683,7 +473,7 @@ void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options&
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       std::vector<TopK>& top = part[t];
-      scan_rows(qp.data(), nq, ld, X, row_begin(t, nt), row_begin(t + 1, nt),
+      scan_rows(isa, qp.data(), nq, ld, X, row_begin(t, nt), row_begin(t + 1, nt),
                 [&](int64_t i, int64_t row, float dot) {
                   if (K[row] >= 0) top[i].push(1.0f - dot, K[row]);
                 });
@@ -731,7 +521,7 @@ void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options&
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       std::vector<CandidateSet>& cs = part[t];
-      scan_rows(qp.data(), nq, ld, H, row_begin(t, nt), row_begin(t + 1, nt),
+      scan_rows(isa, qp.data(), nq, ld, H, row_begin(t, nt), row_begin(t + 1, nt),
                 [&](int64_t i, int64_t row, float dot) {
                   if (K[row] >= 0) cs[i].push(dot, row);
                 });
@@ -754,24 +544,7 @@ void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options&
           const int64_t m = std::min<int64_t>(qc, nq - i0);
           matmul(m, nr, dim_, qp.data() + i0 * ld, ld, X + rb * ld, ld, scores.data(), nr, /*b_transposed=*/true);
           for (int64_t a = 0; a < m; ++a) {
-            CandidateSet& c = cs[i0 + a];
-            const float* s = scores.data() + a * nr;
-#if defined(__AVX512F__)
-            int64_t b = 0;
-            for (; b + 16 <= nr; b += 16) {
-              __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + b), _mm512_set1_ps(c.floor()), _CMP_GE_OQ);
-              while (hit) {
-                int l = __builtin_ctz(hit);
-                hit &= hit - 1;
-                if (K[rb + b + l] >= 0) c.push(s[b + l], rb + b + l);
-              }
-            }
-            for (; b < nr; ++b)
-              if (K[rb + b] >= 0) c.push(s[b], rb + b);
-#else
-            for (int64_t b = 0; b < nr; ++b)
-              if (K[rb + b] >= 0) c.push(s[b], rb + b);
-#endif
+            push_scores(isa, cs[i0 + a], scores.data() + a * nr, nr, rb, K);
           }
         }
       }
@@ -796,7 +569,7 @@ void flat_search_chunk(const FlatRows& rows, int dim_, const FlatIndex::Options&
     std::vector<Hit> hits;
     hits.reserve(all.size());
     const float* qi = qp.data() + i * ld;
-    for (const Cand& c : all) hits.push_back({1.0f - exact_dot(qi, X + c.row * ld, ld), K[c.row]});
+    for (const Cand& c : all) hits.push_back({1.0f - exact_dot(isa, qi, X + c.row * ld, ld), K[c.row]});
     write_row(hits, k, distances + i * k, out_keys + i * k);
   }
 }

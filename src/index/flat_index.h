@@ -17,8 +17,8 @@
 // count or the scan that found it. BLAS sgemm does not promise that (measured
 // with OpenBLAS 0.3.21: ~87% of pairs differ in the last bit between batch 1
 // and batch 100, and a few change when the rows shift by one), so:
-//   - Scan::kernel: a fixed-order AVX-512 kernel computes the distances
-//     themselves, one pass over the matrix per 4096 queries;
+//   - Scan::kernel: a fixed-order kernel computes the distances themselves,
+//     one pass over the matrix per 4096 queries;
 //   - Scan::blas: sgemm in blocks only nominates candidates, keeping every row
 //     whose sgemm score is within a proven margin of the k-th best (each of
 //     sgemm and the fixed order is within gamma_d |q| |x| of the true dot,
@@ -29,8 +29,16 @@
 // kernel, except for batches >= 64 when BLAS is single-threaded and a one-time
 // timing (per row width, per process, ~10 ms) finds sgemm 25% faster, which
 // depends on the BLAS build: OpenBLAS 0.3.21 runs SSE3 code on this Xeon
-// unless OPENBLAS_CORETYPE=SkylakeX is set. Without AVX-512: the (portable)
-// kernel up to 8 queries, sgemm above.
+// unless OPENBLAS_CORETYPE=SkylakeX is set. AVX2: the kernel up to 8 queries
+// (the float16 copy's range too), sgemm above. Portable kernels (no FMA
+// instructions: the fixed order costs a libm call per multiply-add): sgemm
+// for every batch, the kernel only when asked for (Scan::kernel).
+//
+// Kernels per CPU. The kernels are compiled once per vector ISA level
+// (portable, AVX2 + FMA + F16C, AVX-512; flat_kernels.inl) and the level is
+// chosen at run time by cpu_isa() (src/util/cpu.h; VISMEM_ISA lowers it).
+// Every level returns the same bits: the summation order above is the
+// contract, and the float16 copy rounds the same way everywhere.
 //
 // Storage::f16 also keeps a float16 copy of the rows (1.5x memory) that small
 // batches (<= 8 queries, memory bound) scan at half the memory traffic; its
@@ -120,7 +128,7 @@ struct FlatRows {
   double max_norm = 1.0;
 };
 int flat_row_stride(int dim);  // dim rounded up to 16 floats (64 bytes)
-bool flat_f16_supported();     // this build converts float16 (F16C)
+bool flat_f16_supported();     // this CPU converts float16 in hardware (F16C)
 // The float16 copy's rounding (round to nearest even), n values.
 void flat_to_half(const float* x, uint16_t* out, int64_t n);
 void flat_search(const FlatRows& rows, int dim, const FlatIndex::Options& options, int64_t nq, const float* q, int k,

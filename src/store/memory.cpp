@@ -946,7 +946,7 @@ bool looks_like_sqlite(const std::string& path) {
 Memory Memory::create(const std::string& path, const CreateOptions& opt) {
   if (opt.dim <= 0 || opt.dim > 65536) throw Error("memory dimension must be in 1..65536, got " + std::to_string(opt.dim));
   if (file_exists(path)) throw Error(path + " already exists (open it, or remove it first)");
-  if (opt.f16 && !flat_f16_supported()) throw Error("--f16 needs a build with F16C (an x86-64-v3 CPU)");
+  if (opt.f16 && !flat_f16_supported()) throw Error("--f16 needs a CPU with F16C (x86-64-v3)");
   if (opt.index_fold_rows < 0) throw Error("index fold rows must be >= 0");
   const std::string index = wants_faiss_index(opt.index, opt.dim) ? opt.index : "";  // throws on a bad string
   Memory m;
