@@ -39,7 +39,7 @@ void print_index_info(const Memory& m, bool json) {
            {"indexed_rows", i->indexed_rows}, {"tail_rows", i->tail_rows}, {"entries", i->entries},
            {"holes", i->holes},         {"nlist", i->nlist},         {"file_bytes", i->file_bytes},
            {"bytes_per_item", i->bytes_per_item}, {"lossy", i->lossy}, {"nprobe", i->nprobe},
-           {"ef", i->ef},               {"k_factor", i->k_factor}};
+           {"ef", i->ef},               {"k_factor", i->k_factor},   {"note", i->note}};
     }
     std::cout << json_text(j, 2) << "\n";
     return;
@@ -50,9 +50,13 @@ void print_index_info(const Memory& m, bool json) {
     return;
   }
   std::cout << "index       " << i->factory << " (" << i->kind << (i->lossy ? ", compressed codes" : "") << ")\n";
+  if (!i->note.empty()) std::cout << "note        " << i->note << "\n";
   if (!i->built) {
     std::cout << "state       not built: searches are exact until the memory holds " << std::max(i->train_min, i->fold_rows)
-              << " items (it holds " << m.size() << "); `vismem index rebuild` builds it now\n";
+              << " rows (it holds " << m.size() << " items)"
+              << (m.size() >= i->train_min ? "; `vismem index rebuild` builds it now"
+                                           : "; training needs " + std::to_string(i->train_min) + " items")
+              << "\n";
     return;
   }
   std::cout << "file        " << i->file << " (" << i->file_bytes / 1e6 << " MB, " << i->bytes_per_item

@@ -337,6 +337,41 @@ TEST(AnnMemoryStore, DamagedIndexFileSaysRebuildAndNeverBlocksRemoval) {
   }
 }
 
+TEST(AnnMemoryStore, ShortCandidateListsFallBackToTheExactScan) {
+  omp_set_num_threads(1);
+  TempDir t;
+  auto x = clustered(3000, kD, 30, 12), q = clustered(20, kD, 30, 13);
+  Memory m = Memory::create(t / "m.db", {.dim = kD, .index = "IVF64,Flat", .index_fold_rows = 500});
+  m.add(ids_of(0, 3000), labels_of(0, 3000), x.data());
+  const SearchParams one{.nprobe = 1, .k_factor = 1};
+  for (auto& row : m.search(q.data(), 20, 100, {}, 0, &one)) EXPECT_EQ(row.size(), 100u);
+  // HNSW after most of the graph is removed: rebuilt once holes pass a quarter, lists stay full.
+  Memory h = Memory::create(t / "h.db", {.dim = kD, .index = "HNSW8", .index_fold_rows = 500});
+  h.add(ids_of(0, 3000), labels_of(0, 3000), x.data());
+  h.remove(ids_of(0, 2000));
+  EXPECT_EQ(h.index_info(true)->holes, 0);
+  EXPECT_EQ(h.index_info(true)->entries, 1000);
+  for (auto& row : h.search(q.data(), 20, 100, {}, 0, &h.search_params())) EXPECT_EQ(row.size(), 100u);
+}
+
+TEST(AnnMemoryStore, AnAddNeverFailsAfterItsCommitBecauseOfTheIndex) {
+  omp_set_num_threads(1);
+  TempDir t;
+  const std::string p = t / "m.db";
+  auto x = clustered(1500, kD, 10, 14);
+  Memory m = Memory::create(p, {.dim = kD, .index = "IVF8,Flat", .index_fold_rows = 300});
+  m.add(ids_of(0, 1000), labels_of(0, 1000), x.data());
+  std::filesystem::remove(index_files(p).at(0));
+  EXPECT_NO_THROW(m.add(ids_of(1000, 1400), labels_of(1000, 1400), x.data() + 1000 * kD));
+  EXPECT_EQ(m.size(), 1400);
+  auto i = m.index_info();
+  EXPECT_FALSE(i->built);
+  EXPECT_NE(i->note.find("cannot open"), std::string::npos) << i->note;
+  m.rebuild_index();
+  EXPECT_TRUE(m.index_info()->note.empty());
+  EXPECT_EQ(m.index_info(true)->entries, 1400);
+}
+
 TEST(AnnMemoryStore, SetIndexOnAnExistingMemoryAndDropIt) {
   omp_set_num_threads(1);
   TempDir t;

@@ -143,7 +143,38 @@ TEST(FaissIndex, RefusesWhatItCannotServe) {
   EXPECT_THROW(FaissIndex(16, "PCA8,IVF4,Flat"), Error);
   EXPECT_THROW(FaissIndex(16, "IVF4,PQ5"), Error);  // 16 dims do not split into 5 sub-vectors
   EXPECT_FALSE(wants_faiss_index("Flat", 16));
+  EXPECT_FALSE(wants_faiss_index("flat", 16));
   EXPECT_TRUE(wants_faiss_index("IVF4,Flat", 16));
+  // Kinds FAISS cannot remove from (unlearning needs it) and degenerate sizes.
+  for (const char* f : {"NSG32,Flat", "IVF16,Flat,Refine(Flat)", "IVF16,PQ8x4fs", "IVF0,Flat", "HNSW1", "IDMap2,HNSW16"})
+    EXPECT_THROW(FaissIndex(16, f), Error) << f;
+  try {
+    FaissIndex(16, "IVF4,PQ5");
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.find(".cpp:"), std::string::npos) << m;  // FAISS's reason, not its source location
+    EXPECT_NE(m.find("IVF4,PQ5"), std::string::npos) << m;
+  }
+}
+
+TEST(FaissIndex, DamagedGraphIsRefusedNotFollowed) {
+  const int d = 8;
+  std::vector<float> x = clustered(300, d, 4, 6);
+  std::vector<int64_t> keys(300);
+  for (int i = 0; i < 300; ++i) keys[i] = i;
+  FaissIndex idx(d, "HNSW4");
+  idx.add(300, x.data(), keys.data());
+  const std::string path = ::testing::TempDir() + "/vismem_graph_" + std::to_string(::getpid()) + ".faiss";
+  idx.write(path);
+  // Overwrite the end of the file (the link table and the id map) with large values.
+  const auto size = std::filesystem::file_size(path);
+  FILE* f = std::fopen(path.c_str(), "r+b");
+  std::fseek(f, static_cast<long>(size / 2), SEEK_SET);
+  std::vector<unsigned char> junk(size / 4, 0x7f);
+  std::fwrite(junk.data(), 1, junk.size(), f);
+  std::fclose(f);
+  EXPECT_THROW(FaissIndex::read(path), Error);
+  std::filesystem::remove(path);
 }
 
 TEST(FaissIndex, HnswRemovalCutsTheNodeOutAndZeroesItsVector) {

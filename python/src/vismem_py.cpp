@@ -692,6 +692,7 @@ counts_k, counts_stale, counts_computed, and "ood" when a threshold was fitted.
             d["nprobe"] = i->nprobe;
             d["ef"] = i->ef;
             d["k_factor"] = i->k_factor;
+            d["note"] = i->note;
             return d;
           },
           "The approximate index (the dict `vismem index info --json` prints), or None for exact search only.")

@@ -29,8 +29,9 @@ TuneResult tune_index(const Memory& mem, const TuneOptions& o) {
   auto info = mem.index_info();
   if (!info) throw Error(mem.path() + ": no approximate index to tune (create the memory with --index, or `vismem index set`)");
   if (!info->built)
-    throw Error(mem.path() + ": the index '" + info->factory + "' is not built yet (it needs " +
-                std::to_string(info->train_min) + " items; `vismem index rebuild` builds it now)");
+    throw Error(mem.path() + ": the index '" + info->factory + "' is not built yet (training needs " +
+                std::to_string(info->train_min) + " items" +
+                (mem.size() >= info->train_min ? "; `vismem index rebuild` builds it now)" : ")"));
   const int64_t n = mem.size();
   if (n < 2) throw Error(mem.path() + ": tuning needs at least 2 items");
   if (o.queries < 1 || o.k < 1) throw Error("tune: queries and k must be >= 1");

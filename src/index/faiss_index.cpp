@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -12,10 +13,13 @@
 #include <shared_mutex>
 #include <unordered_set>
 
+#include <faiss/IndexAdditiveQuantizer.h>
 #include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
+#include <faiss/IndexIVFAdditiveQuantizer.h>
+#include <faiss/IndexIVFFastScan.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexPQ.h>
@@ -46,14 +50,26 @@ struct Header {
 };
 static_assert(sizeof(Header) == 64);
 
+// FAISS's reason without its source location ("Error in F at FILE:LINE: reason").
+std::string faiss_reason(const std::string& msg) {
+  if (msg.rfind("Error in ", 0) == 0)
+    if (auto at = msg.find(" at "); at != std::string::npos)
+      if (auto colon = msg.find(": ", at); colon != std::string::npos) return msg.substr(colon + 2);
+  return msg;
+}
+
+bool is_flat_name(const std::string& f) {
+  std::string l;
+  for (char c : f) l += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return l.empty() || l == "flat";
+}
+
 std::unique_ptr<faiss::Index> build(int dim, const std::string& factory) {
   try {
     std::unique_ptr<faiss::Index> idx(faiss::index_factory(dim, factory.c_str(), faiss::METRIC_L2));
     return idx;
   } catch (const faiss::FaissException& e) {
-    std::string why = e.msg;
-    if (auto p = why.find(" in "); p != std::string::npos && why.rfind("Error", 0) == 0) why = why.substr(0, p);
-    throw Error("index '" + factory + "': FAISS cannot build it (" + why + ")");
+    throw Error("index '" + factory + "': FAISS cannot build it (" + faiss_reason(e.msg) + ")");
   }
 }
 
@@ -76,14 +92,14 @@ auto faiss_call(const char* what, F&& f) -> decltype(f()) {
   try {
     return f();
   } catch (const faiss::FaissException& e) {
-    throw Error(std::string("index ") + what + ": " + e.msg);
+    throw Error(std::string("index ") + what + ": " + faiss_reason(e.msg));
   }
 }
 
 }  // namespace
 
 bool wants_faiss_index(const std::string& factory, int dim) {
-  if (factory.empty() || factory == "Flat") return false;
+  if (is_flat_name(factory)) return false;
   FaissIndex probe(dim, factory);  // throws with FAISS's reason
   return true;
 }
@@ -93,14 +109,29 @@ FaissIndex::FaissIndex() : ef_mu_(std::make_unique<std::shared_mutex>()) {}
 FaissIndex::FaissIndex(int dim, const std::string& factory)
     : dim_(dim), factory_(factory), ef_mu_(std::make_unique<std::shared_mutex>()) {
   if (dim <= 0) throw Error("index: dimension must be positive");
-  if (factory.empty() || factory == "Flat")
+  if (is_flat_name(factory))
     throw Error("index 'Flat': exact search is the memory's own scan; no FAISS index is needed");
   index_ = build(dim, factory);
   if (dynamic_cast<faiss::IndexPreTransform*>(index_.get()))
     throw Error("index '" + factory +
                 "': pre-transforms (PCA, OPQ, ...) are not supported; use IVF/PQ/SQ/HNSW on the memory's own vectors");
-  if (dynamic_cast<faiss::IndexFlat*>(index_.get()) || dynamic_cast<faiss::IndexIDMap*>(index_.get()))
+  if (dynamic_cast<faiss::IndexIDMap*>(index_.get()))
+    throw Error("index '" + factory + "': vismem adds the id map itself; give the index alone (e.g. HNSW32)");
+  if (dynamic_cast<faiss::IndexFlat*>(index_.get()))
     throw Error("index '" + factory + "': a flat FAISS index is exact search; leave --index out (the default)");
+  // Only kinds FAISS can physically remove from (unlearning), with sane sizes.
+  const std::string supported = "; supported: IVFn,{Flat|PQm|SQ8|...}, HNSWm[,Flat|PQm|SQ8], PQm, SQ8, LSH, RQ";
+  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(index_.get())) {
+    if (dynamic_cast<faiss::IndexIVFFastScan*>(ivf) || !dynamic_cast<faiss::ArrayInvertedLists*>(ivf->invlists))
+      throw Error("index '" + factory + "': FAISS cannot remove items from this kind (fast-scan lists)" + supported);
+    if (ivf->nlist < 1) throw Error("index '" + factory + "': an IVF index needs at least 1 list");
+  } else if (auto* h = dynamic_cast<faiss::IndexHNSW*>(index_.get())) {
+    if (!dynamic_cast<faiss::IndexFlatCodes*>(h->storage))
+      throw Error("index '" + factory + "': its HNSW storage cannot be scrubbed" + supported);
+    if (h->hnsw.cum_nneighbor_per_level.size() < 2 || h->hnsw.nb_neighbors(0) < 4) throw Error("index '" + factory + "': HNSW needs M >= 2");
+  } else if (!dynamic_cast<faiss::IndexFlatCodes*>(index_.get())) {
+    throw Error("index '" + factory + "': FAISS cannot remove items from this kind (needed for unlearning)" + supported);
+  }
   // Polysemous training (FAISS's default for PQ from the factory) orders the
   // codes for Hamming-distance filtering, which searches here never use; it
   // costs more than the rest of the training.
@@ -172,6 +203,9 @@ int64_t FaissIndex::train_min() const {
   if (int64_t nl = nlist()) need = std::max<int64_t>(need, 39 * nl);
   if (faiss::ProductQuantizer* pq = pq_of(core_of(index_.get())))
     need = std::max<int64_t>(need, 39 * static_cast<int64_t>(pq->ksub));
+  faiss::Index* c = core_of(index_.get());
+  if (dynamic_cast<faiss::IndexAdditiveQuantizer*>(c) || dynamic_cast<faiss::IndexIVFAdditiveQuantizer*>(c))
+    need = std::max<int64_t>(need, 39 * 256);  // 8-bit codebooks
   return need;
 }
 
@@ -230,14 +264,16 @@ void FaissIndex::search(int64_t nq, const float* q, int k, float* distances, int
   faiss_call("search", [&] {
     if (kind_ == Kind::ivf) {
       faiss::SearchParametersIVF sp;
-      sp.nprobe = static_cast<size_t>(p.nprobe > 0 ? p.nprobe : default_nprobe());
+      sp.nprobe = static_cast<size_t>(std::min<int64_t>(p.nprobe > 0 ? p.nprobe : default_nprobe(), nlist()));
       c->search(nq, q, k, distances, keys, &sp);
     } else if (kind_ == Kind::hnsw) {
       // FAISS 1.7.3 ignores SearchParametersHNSW::efSearch in parts of its
       // search, so the index's own field is set; searches that agree on it run
       // together, a different value waits for them.
       auto* h = dynamic_cast<faiss::IndexHNSW*>(c);
-      const int want = std::max(p.ef > 0 ? p.ef : default_ef(), k);
+      // efSearch beyond the node count only costs time and memory.
+      const int want = static_cast<int>(
+          std::max<int64_t>(std::min<int64_t>(p.ef > 0 ? p.ef : default_ef(), std::max<int64_t>(index_->ntotal, 16)), k));
       for (int attempt = 0;; ++attempt) {
         if (attempt < 3) {
           std::shared_lock<std::shared_mutex> lock(*ef_mu_);
@@ -385,6 +421,52 @@ std::vector<int64_t> FaissIndex::keys() const {
   return out;
 }
 
+// Structural checks of a loaded index, so that damaged bytes FAISS accepts
+// give an error here rather than a fault during a search or a removal.
+void FaissIndex::validate(const std::string& path) const {
+  auto bad = [&](const std::string& what) { throw Error(path + ": index file is corrupt (" + what + ")"); };
+  const int64_t ntotal = index_->ntotal;
+  if (ntotal < 0) bad("negative size");
+  auto* m = dynamic_cast<const faiss::IndexIDMap*>(index_.get());
+  if (m && static_cast<int64_t>(m->id_map.size()) != ntotal) bad("id map size");
+  if (m && m->index->ntotal != ntotal) bad("inner size");
+  faiss::Index* c = core_of(index_.get());
+  if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(c)) {
+    const faiss::HNSW& g = h->hnsw;
+    if (!h->storage || h->storage->ntotal != ntotal) bad("HNSW storage size");
+    if (static_cast<int64_t>(g.levels.size()) != ntotal || static_cast<int64_t>(g.offsets.size()) != ntotal + 1) bad("HNSW tables");
+    const int nlevels = static_cast<int>(g.cum_nneighbor_per_level.size()) - 1;
+    if (nlevels < 1 || g.offsets[0] != 0) bad("HNSW levels");
+    for (int64_t i = 0; i < ntotal; ++i) {
+      const int l = g.levels[i];
+      if (l < 1 || l > nlevels) bad("HNSW node level");
+      if (g.offsets[i + 1] < g.offsets[i] ||
+          g.offsets[i + 1] - g.offsets[i] != static_cast<size_t>(g.cum_nneighbor_per_level[l]))
+        bad("HNSW offsets");
+    }
+    if (g.offsets[ntotal] != g.neighbors.size()) bad("HNSW link table size");
+    for (int v : g.neighbors)
+      if (v < -1 || v >= ntotal) bad("HNSW link out of range");
+    if (ntotal > 0 && (g.entry_point < 0 || g.entry_point >= ntotal || g.max_level != g.levels[g.entry_point] - 1))
+      bad("HNSW entry point");
+  }
+  if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(c)) {
+    if (ivf->nlist < 1 || !ivf->quantizer || ivf->quantizer->ntotal != static_cast<int64_t>(ivf->nlist)) bad("IVF lists");
+    if (auto* al = dynamic_cast<const faiss::ArrayInvertedLists*>(ivf->invlists)) {
+      int64_t total = 0;
+      for (size_t l = 0; l < ivf->nlist; ++l) {
+        if (al->codes[l].size() != al->ids[l].size() * al->code_size) bad("IVF list sizes");
+        for (auto id : al->ids[l])
+          if (id < 0) bad("negative id");
+        total += static_cast<int64_t>(al->ids[l].size());
+      }
+      if (total != ntotal) bad("IVF entry count");
+    }
+  }
+  if (auto* fc = dynamic_cast<const faiss::IndexFlatCodes*>(c))
+    if (fc->codes.size() != static_cast<size_t>(ntotal) * fc->code_size) bad("code array size");
+}
+
 void FaissIndex::write(const std::string& path, const std::string& tag) const {
   FILE* f = std::fopen(path.c_str(), "wb");
   if (!f) throw Error(path + ": cannot create the index file: " + std::strerror(errno));
@@ -443,10 +525,11 @@ std::unique_ptr<FaissIndex> FaissIndex::read(const std::string& path, std::strin
             if (l.offset + l.capacity * (od->code_size + sizeof(faiss::Index::idx_t)) > od->totsize)
               throw Error(path + ": index file is truncated (an inverted list ends past the end of the file)");
     } catch (const faiss::FaissException& e) {
-      throw Error(path + ": index file is corrupt or truncated (" + e.msg.substr(0, 120) + ")");
+      throw Error(path + ": index file is corrupt or truncated (" + faiss_reason(e.msg).substr(0, 160) + ")");
     }
     if (out->index_->d != out->dim_) throw Error(path + ": index file dimension does not match its header");
     out->classify_kind();
+    out->validate(path);
     if (tag) *tag = t;
   } catch (...) {
     std::fclose(f);

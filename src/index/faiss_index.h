@@ -116,6 +116,7 @@ class FaissIndex : public Index {
   int64_t holes_ = 0;
   bool read_only_ = false;
   void check_writable(const char* what) const;
+  void validate(const std::string& path) const;
   std::unique_ptr<std::shared_mutex> ef_mu_;  // guards the HNSW efSearch field (see search())
   FaissIndex();
   void classify_kind();

@@ -589,23 +589,26 @@ struct Memory::Impl {
     if (!cur.empty() && !rows.empty()) {
       try {
         idx = read_index_file(cur, &covered, &files);
-      } catch (const Error&) {
-        // A damaged index file must not hold a removal hostage: it is dropped
-        // (zeroed and deleted), searches go exact, the next write rebuilds it.
+        std::vector<int64_t> in_index;
+        for (int64_t r : rows)
+          if (r < covered) in_index.push_back(r);
+        idx->remove(static_cast<int64_t>(in_index.size()), in_index.data());
+      } catch (const Error& e) {
+        // A damaged index file (or one FAISS fails to remove from) must not
+        // hold a removal hostage: it is dropped (zeroed and deleted), searches
+        // go exact, and `index info` says why until `index rebuild`.
+        idx.reset();
         auto also = clear;
-        clear = [&, also] {
+        const std::string why = e.what();
+        clear = [&, also, why] {
           also();
-          set_meta("index_file", "");
-          set_meta("index_rows", "0");
+          drop_index_meta(why);
         };
       }
     }
     if (idx) {
-      std::vector<int64_t> in_index;
-      for (int64_t r : rows)
-        if (r < covered) in_index.push_back(r);
-      idx->remove(static_cast<int64_t>(in_index.size()), in_index.data());
       commit_index(*idx, covered, files, clear);
+      maybe_rebuild_holes(*idx);
     } else {
       Txn t(*db);
       clear();
@@ -670,6 +673,41 @@ struct Memory::Impl {
     return ann;
   }
 
+  // Inside a write transaction: the catalog forgets its index file (the file
+  // itself is zeroed and deleted by the caller), noting why.
+  void drop_index_meta(const std::string& why) const {
+    set_meta("index_file", "");
+    set_meta("index_rows", "0");
+    set_meta("index_note", "dropped at " + now_utc() + " after an error: " + why +
+                               " (searches are exact; `vismem index rebuild` builds a new one)");
+  }
+  // The index failed after a write committed: drop it rather than report a
+  // committed write as failed. Caller is the writer.
+  void drop_index(const std::string& why) const {
+    const std::string cur = meta("index_file", "");
+    {
+      Txn t(*db);
+      drop_index_meta(why);
+      t.commit();
+    }
+    invalidate();
+    if (!cur.empty()) {
+      scrub_file(index_path(cur));
+      std::error_code ec;
+      fs::remove(index_path(cur), ec);
+    }
+  }
+  // HNSW removals leave holes that degrade the graph: past a quarter of the
+  // nodes, the index is rebuilt from the live items (best effort).
+  void maybe_rebuild_holes(const FaissIndex& idx) const {
+    if (idx.kind() != FaissIndex::Kind::hnsw || idx.holes() * 4 <= idx.size() + idx.holes()) return;
+    try {
+      index_update(/*rebuild=*/true);
+    } catch (const Error& e) {
+      drop_index(e.what());
+    }
+  }
+
   // Writes idx under a new name; then one transaction points the catalog at
   // it (with `also`'s statements); then the old file is zeroed and deleted.
   // Caller is the writer.
@@ -685,6 +723,7 @@ struct Memory::Impl {
       set_meta("index_file", t);
       set_meta("index_gen", std::to_string(gen));
       set_meta("index_rows", std::to_string(covered));
+      set_meta("index_note", "");
       if (also) also();
       tx.commit();
     }
@@ -1338,7 +1377,11 @@ AddResult Memory::add(const std::vector<std::string>& ids, const std::vector<std
   I.invalidate();
   if (progress) progress(n, n);
   if (!replaced.empty()) I.scrub();  // replaced vectors must not linger in any file
-  I.index_update(/*rebuild=*/false);
+  try {
+    I.index_update(/*rebuild=*/false);
+  } catch (const Error& e) {
+    I.drop_index(e.what());  // the add itself committed: it must not read as failed
+  }
   if (upkeep) upkeep->after(*this);
   return r;
 }
@@ -1438,7 +1481,8 @@ int64_t Memory::compact() {
   std::string new_index;
   int64_t new_covered = 0;
   const int64_t index_gen = std::stoll(I.meta("index_gen", "0")) + 1;
-  if (const std::string cur = I.meta("index_file", ""); !cur.empty()) {
+  std::string index_dropped;
+  if (const std::string cur = I.meta("index_file", ""); !cur.empty()) try {
     int64_t covered = 0;
     std::string files;
     std::unique_ptr<FaissIndex> idx = I.read_index_file(cur, &covered, &files);
@@ -1453,12 +1497,16 @@ int64_t Memory::compact() {
     });
     new_index = ".i" + std::to_string(index_gen);
     idx->write(I.index_path(new_index), index_tag(new_covered, new_tag));
+  } catch (const Error& e) {
+    new_index.clear();
+    index_dropped = e.what();
   }
   crash_point("compact-before-commit");
   // 2. One transaction points the catalog at the new set. Items, their order
   //    and the generation are unchanged (pruning counts stay current).
   {
     Txn t(*I.db);
+    if (!index_dropped.empty()) I.drop_index_meta(index_dropped);
     if (!new_index.empty()) {
       I.set_meta("index_file", new_index);
       I.set_meta("index_gen", std::to_string(index_gen));
@@ -1541,6 +1589,30 @@ void approximate_search(const FaissIndex& ann, int64_t covered, const Mapping& m
       const bool have = static_cast<size_t>(j) < m;
       dist[i * want + j] = have ? c[j].first : std::numeric_limits<float>::infinity();
       keys[i * want + j] = have ? c[j].second : -1;
+    }
+  }
+  // A query the index gave fewer candidates than it needs (few lists probed
+  // over small lists, a graph cut by removals) is answered by the exact scan:
+  // every list has min(k, items) neighbors, as exact search gives.
+  const int64_t need = std::min<int64_t>(want, st.items);
+  std::vector<int64_t> short_q;
+  for (int64_t i = 0; i < nq; ++i) {
+    int have = 0;
+    while (have < want && keys[i * want + have] >= 0) ++have;
+    if (have < need) short_q.push_back(i);
+  }
+  if (!short_q.empty()) {
+    const int64_t ns = static_cast<int64_t>(short_q.size());
+    std::vector<float> sq(static_cast<size_t>(ns) * d), sd(static_cast<size_t>(ns) * want);
+    std::vector<int64_t> sk(static_cast<size_t>(ns) * want);
+    for (int64_t s = 0; s < ns; ++s) std::copy(qn + short_q[s] * d, qn + (short_q[s] + 1) * d, sq.begin() + s * d);
+    FlatRows all{map.x(), map.half(), map.key(), rows, 1.0 + 1e-5};
+    FlatIndex::Options o;
+    o.storage = all.half ? FlatIndex::Storage::f16 : FlatIndex::Storage::f32;
+    flat_search(all, d, o, ns, sq.data(), want, sd.data(), sk.data(), threads);
+    for (int64_t s = 0; s < ns; ++s) {
+      std::copy(sd.begin() + s * want, sd.begin() + (s + 1) * want, dist + short_q[s] * want);
+      std::copy(sk.begin() + s * want, sk.begin() + (s + 1) * want, keys + short_q[s] * want);
     }
   }
 }
@@ -1762,6 +1834,8 @@ bool Memory::set_index(const std::string& factory) {
     I.set_meta("index_factory", f);
     I.set_meta("index_file", "");
     I.set_meta("index_rows", "0");
+    I.set_meta("index_note", "");
+    for (const char* k : {"index_nprobe", "index_ef", "index_k_factor"}) I.set_meta(k, "0");  // tuned for the old index
     t.commit();
   }
   I.invalidate();
@@ -1822,6 +1896,7 @@ std::optional<IndexInfo> Memory::index_info(bool load) const {
   r.nlist = probe.nlist();
   r.lossy = probe.lossy();
   r.fold_rows = st.fold_rows;
+  r.note = I.meta("index_note", "");
   r.built = !st.index_file.empty();
   r.file = r.built ? I.index_path(st.index_file) : "";
   r.indexed_rows = r.built ? st.index_rows : 0;

@@ -112,6 +112,7 @@ struct IndexInfo {
   double bytes_per_item = 0;  // index file bytes / entries
   bool lossy = false;         // codes are compressed (PQ, SQ): candidates are re-scored from the vectors
   int nprobe = 0, ef = 0, k_factor = 0;  // the defaults searches use now
+  std::string note;           // why the index was dropped (a damaged file), until it is built again
 };
 
 enum class AddMode {
