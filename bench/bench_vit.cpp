@@ -5,10 +5,11 @@
 // counts and batch sizes, case by case, on the same machine.
 //
 // Usage: bench_vit [--quick] [--model s|b|all] [--no-torch] [--python PATH] [--script PATH]
-//                  [--threads 1,2] [--batches 1,16]
+//                  [--threads 1,2] [--batches 1,16] [--kernels]
 //   --quick:   fewer repetitions (smoke runs); medians are printed either way.
 //   --python:  the interpreter with torch (default /usr/bin/python3: Debian's python3-torch).
 //   --script:  vit_torch.py (default: bench/vit_torch.py next to the build folder).
+//   --kernels: also time the non-GEMM kernels at every ISA level this CPU runs.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -34,6 +35,7 @@
 #include "linalg.h"
 #include "npy.h"
 #include "vit.h"
+#include "vit_kernels.h"
 
 namespace fs = std::filesystem;
 
@@ -238,16 +240,52 @@ std::string default_script(const char* argv0) {
   return (exe.parent_path().parent_path() / "bench" / "vit_torch.py").string();
 }
 
+// The non-GEMM kernels of one ViT-S/14 block over one 224 px image (257 tokens,
+// D 384, 6 heads, MLP 1536), per ISA level this CPU runs: where the levels differ.
+void kernel_table(bool quick) {
+  const int T = 257, D = 384, H = 6, M = 1536, reps = quick ? 5 : 21;
+  std::mt19937 rng(2);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  auto rnd = [&](size_t n) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = nd(rng);
+    return v;
+  };
+  const std::vector<float> h0 = rnd(size_t(T) * M), a0 = rnd(size_t(H) * T * T), x0 = rnd(size_t(T) * D),
+                           g = rnd(M), b = rnd(M);
+  std::vector<float> h = h0, a = a0, x = x0, y(x0.size());
+  std::printf("non-GEMM kernels of one ViT-S/14 block, one image, microseconds (median of %d):\n", reps);
+  std::printf("%-9s %10s %10s %10s %10s %10s\n", "level", "GELU+bias", "softmax", "LayerNorm", "residual", "sum");
+  for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {
+    const vismem::VitKernels& k = vismem::vit_kernels(vismem::Isa(level));
+    auto us = [&](auto&& f) { return 1e6 * median_seconds(reps, f); };
+    const double t_gelu = us([&] {
+      h = h0;
+      k.bias_act(h.data(), M, T, 0, M, b.data(), vismem::VitAct::gelu);
+    }) - us([&] { h = h0; });
+    const double t_soft = us([&] {
+      a = a0;
+      k.softmax(a.data(), int64_t(H) * T, T);
+    }) - us([&] { a = a0; });
+    const double t_ln = 2 * us([&] { k.layer_norm(x.data(), D, T, D, g.data(), b.data(), 1e-6f, y.data(), D); });
+    const double t_res = 2 * us([&] { k.residual(x.data(), D, y.data(), D, T, 0, D, b.data(), g.data()); });
+    std::printf("%-9s %10.0f %10.0f %10.0f %10.0f %10.0f\n", vismem::isa_name(k.isa), t_gelu, t_soft, t_ln, t_res,
+                t_gelu + t_soft + t_ln + t_res);
+  }
+  std::printf("(x12 blocks per image; LayerNorm and residual count both of a block's)\n\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, torch = true;
+  bool quick = false, torch = true, kernels = false;
   std::string which = "all", python = "/usr/bin/python3", script = default_script(argv[0]);
   std::vector<int> thread_list = {1, 2}, batch_list = {1, 16};
   for (int i = 1; i < argc; ++i) {
     const bool more = i + 1 < argc;
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--no-torch")) torch = false;
+    else if (!std::strcmp(argv[i], "--kernels")) kernels = true;
     else if (!std::strcmp(argv[i], "--python") && more) python = argv[++i];
     else if (!std::strcmp(argv[i], "--script") && more) script = argv[++i];
     else if (!std::strcmp(argv[i], "--threads") && more) thread_list = int_list(argv[++i]);
@@ -258,7 +296,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: bench_vit [--quick] [--model s|b|all] [--no-torch] [--python PATH] [--script PATH]\n"
-                   "                 [--threads 1,2] [--batches 1,16]\n");
+                   "                 [--threads 1,2] [--batches 1,16] [--kernels]\n");
       return 2;
     }
   }
@@ -272,6 +310,8 @@ int main(int argc, char** argv) {
   std::printf("cpu: %s\n", vismem::cpu_description().c_str());
   std::printf("sgemm, 1 thread, 257x3072x768 (OpenBLAS via vismem::matmul): B^T %.1f GFLOP/s, B %.1f GFLOP/s\n\n",
               sgemm_gflops(257, 3072, 768, true, quick ? 3 : 9), sgemm_gflops(257, 3072, 768, false, quick ? 3 : 9));
+
+  if (kernels) kernel_table(quick);
 
   struct Row {
     const char* name;
