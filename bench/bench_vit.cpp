@@ -5,11 +5,13 @@
 // counts and batch sizes, case by case, on the same machine.
 //
 // Usage: bench_vit [--quick] [--model s|b|all] [--no-torch] [--python PATH] [--script PATH]
-//                  [--threads 1,2] [--batches 1,16] [--kernels]
+//                  [--threads 1,2] [--batches 1,16] [--kernels] [--int8]
 //   --quick:   fewer repetitions (smoke runs); medians are printed either way.
 //   --python:  the interpreter with torch (default /usr/bin/python3: Debian's python3-torch).
 //   --script:  vit_torch.py (default: bench/vit_torch.py next to the build folder).
 //   --kernels: also time the non-GEMM kernels at every ISA level this CPU runs.
+//   --int8:    also time the opt-in int8 mode (quantize_vit_model) in each case,
+//              and compare its embeddings with the float ones (cosine).
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -278,7 +280,7 @@ void kernel_table(bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, torch = true, kernels = false;
+  bool quick = false, torch = true, kernels = false, int8 = false;
   std::string which = "all", python = "/usr/bin/python3", script = default_script(argv[0]);
   std::vector<int> thread_list = {1, 2}, batch_list = {1, 16};
   for (int i = 1; i < argc; ++i) {
@@ -286,6 +288,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--no-torch")) torch = false;
     else if (!std::strcmp(argv[i], "--kernels")) kernels = true;
+    else if (!std::strcmp(argv[i], "--int8")) int8 = true;
     else if (!std::strcmp(argv[i], "--python") && more) python = argv[++i];
     else if (!std::strcmp(argv[i], "--script") && more) script = argv[++i];
     else if (!std::strcmp(argv[i], "--threads") && more) thread_list = int_list(argv[++i]);
@@ -296,7 +299,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: bench_vit [--quick] [--model s|b|all] [--no-torch] [--python PATH] [--script PATH]\n"
-                   "                 [--threads 1,2] [--batches 1,16] [--kernels]\n");
+                   "                 [--threads 1,2] [--batches 1,16] [--kernels] [--int8]\n");
       return 2;
     }
   }
@@ -330,9 +333,11 @@ int main(int argc, char** argv) {
   // others: cores busy with processes other than this one and torch during the case.
   std::printf("%-9s %7s %5s %10s %11s %8s %7s", "model", "threads", "batch", "ours img/s", "torch img/s", "ratio",
               "torch/blas");
+  if (int8) std::printf(" %10s %8s", "int8 img/s", "int8/f32");
   std::printf(" %6s\n", "others");
   for (const auto& row : rows) {
     const vismem::VitModel m = vismem::random_vit_model(row.cfg, 1);
+    const vismem::VitModel m8 = int8 ? vismem::quantize_vit_model(m) : vismem::VitModel{};
     std::vector<float> out(size_t(max_batch) * row.cfg.dim());
     std::unique_ptr<TorchAnchor> anchor;
     fs::path dir;
@@ -360,6 +365,9 @@ int main(int argc, char** argv) {
             reps, [&] { vismem::vit_embed(m, px.data(), batch, S, S, out.data(), threads); });
         const TorchAnchor::Timing tt = anchor ? anchor->seconds(threads, batch, reps) : TorchAnchor::Timing{};
         const double st = tt.seconds;
+        const double s8 =
+            int8 ? median_seconds(reps, [&] { vismem::vit_embed(m8, px.data(), batch, S, S, out.data(), threads); })
+                 : 0;
         const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
         const CpuUse u1 = cpu_use();
         const double torch_cpu = anchor ? proc_cpu_seconds(anchor->pid()) - torch_cpu0 : 0;
@@ -369,10 +377,27 @@ int main(int argc, char** argv) {
           std::printf(" %11.2f %7.2fx %5d/%d", batch / st, st / s, tt.torch_threads, tt.blas_threads);
         else
           std::printf(" %11s %8s %7s", "-", "-", "-");
+        if (int8) std::printf(" %10.2f %7.2fx", batch / s8, s / s8);
         std::printf(" %6.2f\n", others);
         std::fflush(stdout);
       }
     if (anchor) std::printf("  %s vs torch (%d images, same weights): %s\n", row.name, check_n, check.c_str());
+    if (int8) {
+      std::vector<float> f(size_t(max_batch) * row.cfg.dim()), q(f.size());
+      vismem::vit_embed(m, px.data(), max_batch, S, S, f.data(), 1);
+      vismem::vit_embed(m8, px.data(), max_batch, S, S, q.data(), 1);
+      double worst = 1;
+      for (int i = 0; i < max_batch; ++i) {
+        double dot = 0, nf = 0, nq = 0;
+        for (int j = 0; j < row.cfg.dim(); ++j) {
+          const double a = f[size_t(i) * row.cfg.dim() + j], b = q[size_t(i) * row.cfg.dim() + j];
+          dot += a * b, nf += a * a, nq += b * b;
+        }
+        worst = std::min(worst, dot / std::sqrt(nf * nq));
+      }
+      std::printf("  %s int8 vs float32 embeddings (%d images, random weights): lowest cosine %.5f\n", row.name,
+                  max_batch, worst);
+    }
     anchor.reset();
     if (!dir.empty()) fs::remove_all(dir);
   }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -391,4 +392,45 @@ TEST(VitIsa, NeverAboveTheCpu) {
   EXPECT_EQ(vismem::vit_kernels().isa, vismem::cpu_max_isa());
   vismem::set_isa(vismem::Isa::portable);
   EXPECT_EQ(vismem::vit_kernels().isa, vismem::Isa::portable);
+}
+
+TEST(VitInt8, CloseToHFAtEveryLevel) {
+  // The opt-in int8 mode (linear layers as int8 GEMMs) against the same HF
+  // outputs as the float path, with the tolerance int8 allows: within 3% of
+  // the largest value and a cosine above 0.999 per image.
+  IsaGuard guard;
+  const vismem::VitModel m8 = vismem::quantize_vit_model(vismem::load_vit_model(kFix + "/dinov2_tiny"));
+  ASSERT_EQ(m8.precision, vismem::VitPrecision::int8);
+  const Arr in = load(kFix + "/dinov2_tiny/input_70.npy");
+  const Arr ref = load(kFix + "/dinov2_tiny/pooler_70.npy");
+  for (vismem::Isa level : runnable_levels()) {
+    vismem::set_isa(level);
+    std::vector<float> emb(3 * 64);
+    vismem::vit_embed(m8, in.v.data(), 3, 70, 70, emb.data(), 2);
+    double worst = 1;
+    for (int i = 0; i < 3; ++i) {
+      double dot = 0, na = 0, nb = 0;
+      for (int j = 0; j < 64; ++j) {
+        const double a = emb[i * 64 + j], b = ref.v[i * 64 + j];
+        dot += a * b, na += a * a, nb += b * b;
+      }
+      worst = std::min(worst, dot / std::sqrt(na * nb));
+    }
+    const double e = rel_err(emb, ref.v);
+    std::printf("int8 %s: pooler rel err %.3g, lowest cosine %.6f\n", vismem::isa_name(level), e, worst);
+    EXPECT_LT(e, 3e-2);
+    EXPECT_GT(worst, 0.999);
+  }
+}
+
+TEST(VitInt8, EncoderOptInByEnvironment) {
+  const std::string dir = kFix + "/dinov2_tiny";
+  const std::string fp32 = vismem::load_vit_encoder(dir)->fingerprint();
+  ASSERT_EQ(setenv("VISMEM_PRECISION", "int8", 1), 0);
+  const std::string fp8 = vismem::load_vit_encoder(dir)->fingerprint();
+  ASSERT_EQ(setenv("VISMEM_PRECISION", "int4", 1), 0);
+  EXPECT_THROW(vismem::load_vit_encoder(dir), Error);
+  unsetenv("VISMEM_PRECISION");
+  EXPECT_NE(fp8, fp32);  // a memory never mixes int8 and float embeddings
+  EXPECT_EQ(vismem::load_vit_encoder(dir)->fingerprint(), fp32);
 }

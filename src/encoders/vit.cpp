@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "textio.h"
 #include "hash.h"
 #include "linalg.h"
+#include "qgemm.h"
 #include "safetensors.h"
 #include "team.h"
 #include "vit_kernels.h"
@@ -335,6 +337,19 @@ VitModel random_vit_model(const VitConfig& c, uint64_t seed) {
   return m;
 }
 
+VitModel quantize_vit_model(VitModel m) {
+  const VitConfig& c = m.config;
+  const int64_t D = c.hidden, M1 = c.swiglu ? 2 * int64_t(c.mlp) : c.mlp, M = c.mlp;
+  for (VitLayerWeights& L : m.weights.layers) {
+    L.qkv_q = quantize_rows(L.qkv_w.data(), 3 * D, D);
+    L.out_q = quantize_rows(L.out_w.data(), D, D);
+    L.fc1_q = quantize_rows(L.fc1_w.data(), M1, D);
+    L.fc2_q = quantize_rows(L.fc2_w.data(), D, M);
+  }
+  m.precision = VitPrecision::int8;
+  return m;
+}
+
 // ---------------------------------------------------------------------------
 // Bicubic resize of the position-embedding grid (PyTorch's CPU kernels)
 // ---------------------------------------------------------------------------
@@ -526,16 +541,23 @@ void residual_add(const VitKernels& K, float* x, const float* t, int b, int T, i
       K.residual(x + int64_t(i) * T * D, D, t + int64_t(i) * nq * D, D, nq, c0, c1, bias, scale);
 }
 
-// C[m, n] = A[m, k] W^T for W [n, k], then epi(c0, c1) on the output columns
-// [c0, c1). With P > 1 the output columns are split over P OpenMP threads (each
-// sgemm single-threaded): splitting columns splits the weights, so no thread
-// packs more of W than it multiplies, and each epilogue touches only its columns.
+// C[m, n] = A[m, k] W^T for W [n, k] (float, or its int8 copy q where the
+// model was quantized), then epi(c0, c1) on the output columns [c0, c1). With
+// P > 1 the output columns are split over the team (each sgemm single-threaded):
+// splitting columns splits the weights, so no thread packs more of W than it
+// multiplies, and each epilogue touches only its columns.
 template <class Epilogue>
-void linear(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, float* c, int64_t ldc,
-            Team& team, Epilogue&& epi) {
+void linear(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, const QuantizedMatrix& q,
+            float* c, int64_t ldc, Team& team, Epilogue&& epi) {
+  const auto product = [&](int64_t c0, int64_t c1) {
+    if (q.empty())
+      matmul(m, c1 - c0, k, a, lda, w + c0 * k, k, c + c0, ldc, true);
+    else
+      qmatmul(m, a, lda, q, c0, c1, c, ldc);
+  };
   const int P = team.size();
   if (P == 1) {
-    matmul(m, n, k, a, lda, w, k, c, ldc, true);
+    product(0, n);
     epi(int64_t(0), n);
     return;
   }
@@ -543,7 +565,7 @@ void linear(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const 
   team.run(P, [&](int64_t t, int) {
     const int64_t c0 = t * step, c1 = std::min(n, c0 + step);
     if (c0 < c1) {
-      matmul(m, c1 - c0, k, a, lda, w + c0 * k, k, c + c0, ldc, true);
+      product(c0, c1);
       epi(c0, c1);
     }
   });
@@ -584,7 +606,7 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
 
   // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b
   layer_norm_par(K, x, D, R, D, L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, s.xn.data(), D, team);
-  linear(R, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), qkv, 3 * D, team, [&](int64_t c0, int64_t c1) {
+  linear(R, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, qkv, 3 * D, team, [&](int64_t c0, int64_t c1) {
     K.bias_act(qkv, 3 * D, R, c0, c1, L.qkv_b.data(), VitAct::none);
   });
   // ctx [Rq, D]: per image and head, att [nq, T] = softmax(q k^T * scale); ctx_h = att v
@@ -600,7 +622,7 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
     matmul(nq, dh, T, att, T, v, 3 * D, s.ctx.data() + i * nq * D + h * dh, D, false);
   });
   // tmp [Rq, D] = ctx W_o^T; x += ls1 * (tmp + b_o)
-  linear(Rq, D, D, s.ctx.data(), D, L.out_w.data(), tmp, D, team, [&](int64_t c0, int64_t c1) {
+  linear(Rq, D, D, s.ctx.data(), D, L.out_w.data(), L.out_q, tmp, D, team, [&](int64_t c0, int64_t c1) {
     residual_add(K, x, tmp, b, T, nq, D, c0, c1, L.out_b.data(), L.ls1);
   });
 
@@ -611,13 +633,13 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
   };
   if (c.swiglu) {
     // The gate pairs column j with M + j, so the activation runs split by rows.
-    linear(Rq, 2 * M, D, s.xn.data(), D, L.fc1_w.data(), mid, 2 * M, team, [](int64_t, int64_t) {});
+    linear(Rq, 2 * M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, mid, 2 * M, team, [](int64_t, int64_t) {});
     team.run(P, [&](int64_t t, int) { K.swiglu(mid, Rq * t / P, Rq * (t + 1) / P, M, L.fc1_b.data()); });
-    linear(Rq, D, M, mid, 2 * M, L.fc2_w.data(), tmp, D, team, add_fc2);
+    linear(Rq, D, M, mid, 2 * M, L.fc2_w.data(), L.fc2_q, tmp, D, team, add_fc2);
   } else {
-    linear(Rq, M, D, s.xn.data(), D, L.fc1_w.data(), mid, M, team,
+    linear(Rq, M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, mid, M, team,
            [&](int64_t c0, int64_t c1) { K.bias_act(mid, M, Rq, c0, c1, L.fc1_b.data(), act); });
-    linear(Rq, D, M, mid, M, L.fc2_w.data(), tmp, D, team, add_fc2);
+    linear(Rq, D, M, mid, M, L.fc2_w.data(), L.fc2_q, tmp, D, team, add_fc2);
   }
 }
 
@@ -647,8 +669,9 @@ void forward_chunk(const VitModel& m, const float* pos, const float* pixels, int
   // x [b*T, D]: CLS + pos[0], registers (no position), patch conv + bias + pos[1+g]
   for (int i = 0; i < b; ++i) {
     float* xi = s.x.data() + int64_t(i) * T * D;
-    linear(G, D, K, s.patches.data() + int64_t(i) * G * K, K, W.patch_w.data(), xi + int64_t(first_patch) * D, D,
-           team, [](int64_t, int64_t) {});
+    // The patch embedding stays float in the int8 mode (K = 588: 2% of the FLOPs).
+    linear(G, D, K, s.patches.data() + int64_t(i) * G * K, K, W.patch_w.data(), QuantizedMatrix{},
+           xi + int64_t(first_patch) * D, D, team, [](int64_t, int64_t) {});
     for (int k = 0; k < D; ++k) xi[k] = W.cls[k] + pos[k];
     if (c.registers > 0) std::copy(W.registers.begin(), W.registers.end(), xi + D);
     kern.residual(xi + int64_t(first_patch) * D, D, pos + D, D, G, 0, D, W.patch_b.data(), nullptr);
@@ -819,6 +842,8 @@ class VitEncoder final : public Encoder {
             add(*v);
       }
       acc += pc_.describe();
+      // int8 embeddings differ from float ones: a memory must not mix them.
+      if (m_.precision == VitPrecision::int8) acc += "|int8";
       fp_ = sha256_hex(acc.data(), acc.size());
     });
     return fp_;
@@ -841,6 +866,14 @@ class VitEncoder final : public Encoder {
 
 std::unique_ptr<Encoder> make_vit_encoder(VitModel model) { return std::make_unique<VitEncoder>(std::move(model)); }
 
-std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir) { return make_vit_encoder(load_vit_model(dir)); }
+std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir) {
+  VitModel m = load_vit_model(dir);
+  const char* env = std::getenv("VISMEM_PRECISION");
+  const std::string precision = env ? env : "";
+  if (precision == "int8") return make_vit_encoder(quantize_vit_model(std::move(m)));
+  if (!precision.empty() && precision != "f32")
+    throw Error("VISMEM_PRECISION=" + precision + ": expected f32 or int8");
+  return make_vit_encoder(std::move(m));
+}
 
 }  // namespace vismem
