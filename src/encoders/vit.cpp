@@ -737,6 +737,9 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
   const int T = c.tokens(h, w), G = (h / c.patch) * (w / c.patch), D = c.hidden, P = c.dim();
   const int64_t img = int64_t(c.channels) * h * w;
   if (threads <= 0) threads = default_threads();
+  // int8 weights are packed once at load, so nothing is re-packed per call and
+  // one image per chunk keeps the quantized activations in L2.
+  const int max_chunk = m.precision == VitPrecision::int8 ? 1 : kMaxChunk;
 
   auto run_range = [&](Scratch& s, Team& team, int start, int b) {
     forward_chunk(m, pos.data(), pixels + start * img, b, h, w, team, s, emb ? emb + int64_t(start) * P : nullptr,
@@ -749,7 +752,7 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
     // Whole images per thread: no synchronization inside a forward, and each
     // sgemm runs single-threaded on its own core.
     set_blas_threads(1);
-    const int chunk = std::min(kMaxChunk, (n + threads - 1) / threads);
+    const int chunk = std::min(max_chunk, (n + threads - 1) / threads);
     std::atomic<int> next{0};
     std::vector<std::exception_ptr> errors(threads);
     std::vector<std::thread> pool;
@@ -773,7 +776,7 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
   // or, for comparison, OpenBLAS threads inside each sgemm (VitSplit::blas).
   const int par = split == VitSplit::blas ? 1 : threads;
   set_blas_threads(split == VitSplit::blas ? threads : 1);
-  const int chunk = std::min(kMaxChunk, n);
+  const int chunk = std::min(max_chunk, n);
   Scratch s(c, chunk, T, G, par);
   Team team(par);
   for (int start = 0; start < n; start += chunk) run_range(s, team, start, std::min(chunk, n - start));
