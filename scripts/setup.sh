@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs vismem's build dependencies (Debian 12 packages). Idempotent: packages
 # already present are skipped, so running it again costs a second.
+#   scripts/setup.sh           what the build and the tests need
+#   scripts/setup.sh --bench   also the optional benchmark anchors that nothing
+#                              else needs (python3-torch for bench_vit, ~1 GB)
 set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config
@@ -23,6 +26,11 @@ pkgs=(
   chromium                  # renders the explain page and the web page in their tests (headless)
   nodejs                    # runs puppeteer-core, which drives chromium in the web page test
 )
+# Optional: only with --bench (the test suite never needs them).
+bench_pkgs=(
+  python3-torch             # bench_vit's PyTorch anchor (bench/vit_torch.py, /usr/bin/python3)
+)
+if [ "${1:-}" = "--bench" ]; then pkgs+=("${bench_pkgs[@]}"); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

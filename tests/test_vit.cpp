@@ -7,13 +7,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
+#include "cpu.h"
 #include "error.h"
 #include "fastmath.h"
 #include "npy.h"
+#include "vit_kernels.h"
 
 namespace fs = std::filesystem;
 using vismem::Error;
@@ -282,4 +285,152 @@ TEST(VitSwiGLU, SplitsAgree) {
     EXPECT_LT(rel_err(emb, ref.embedding), 1e-5) << int(split);
   }
   for (float v : ref.last_hidden) ASSERT_TRUE(std::isfinite(v));
+}
+
+namespace {
+
+// Restores the kernel level a test forced.
+struct IsaGuard {
+  vismem::Isa saved = vismem::cpu_isa();
+  ~IsaGuard() { vismem::set_isa(saved); }
+};
+
+std::vector<vismem::Isa> runnable_levels() {
+  std::vector<vismem::Isa> v;
+  for (int l = 0; l <= int(vismem::cpu_max_isa()); ++l) v.push_back(vismem::Isa(l));
+  if (vismem::cpu_max_isa() < vismem::Isa::avx512)
+    std::printf("note: the avx512 kernels are compiled but this CPU cannot run them (%s)\n",
+                vismem::cpu_description().c_str());
+  return v;
+}
+
+}  // namespace
+
+TEST(VitIsa, EveryLevelMatchesHF) {
+  // The same fixtures at each level the CPU runs (portable always, avx2 and
+  // avx512 where present), each forced through set_isa as VISMEM_ISA would.
+  IsaGuard guard;
+  const vismem::VitModel dino = vismem::load_vit_model(kFix + "/dinov2_tiny");
+  const vismem::VitModel clip = vismem::load_vit_model(kFix + "/clip_tiny_f16");
+  const Arr in = load(kFix + "/dinov2_tiny/input_56.npy");
+  const Arr hidden = load(kFix + "/dinov2_tiny/last_hidden_56.npy");
+  const Arr cin = load(kFix + "/clip_tiny_f16/input_48.npy");
+  const Arr cemb = load(kFix + "/clip_tiny_f16/image_embeds_48.npy");
+  for (vismem::Isa level : runnable_levels()) {
+    vismem::set_isa(level);
+    ASSERT_EQ(vismem::vit_kernels().isa, level);
+    const vismem::VitOutputs o = vismem::vit_forward(dino, in.v.data(), 3, 56, 56, 2, true);
+    const vismem::VitOutputs c = vismem::vit_forward(clip, cin.v.data(), int(cin.shape[0]), 48, 48, 1);
+    const double e_hid = rel_err(o.last_hidden, hidden.v), e_clip = rel_err(c.embedding, cemb.v);
+    std::printf("%s: dinov2 last_hidden rel err %.3g, clip image_embeds rel err %.3g\n", vismem::isa_name(level),
+                e_hid, e_clip);
+    EXPECT_LT(e_hid, kTol) << vismem::isa_name(level);
+    EXPECT_LT(e_clip, kTol) << vismem::isa_name(level);
+  }
+}
+
+TEST(VitIsa, KernelsMatchADoubleReference) {
+  // Each level's kernels against the formulas in double precision, on rows
+  // whose length is not a multiple of any vector width (tails included).
+  const int rows = 5, n = 203;
+  std::mt19937 rng(21);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  std::vector<float> x(size_t(rows) * n), g(n), b(2 * n), t(x.size());
+  for (auto* v : {&x, &g, &b, &t})
+    for (auto& e : *v) e = nd(rng);
+  for (vismem::Isa level : runnable_levels()) {
+    const vismem::VitKernels& k = vismem::vit_kernels(level);
+    ASSERT_EQ(k.isa, level);
+    double ln = 0, sm = 0, ge = 0, res = 0, sw = 0;
+    std::vector<float> y(x.size());
+    k.layer_norm(x.data(), n, rows, n, g.data(), b.data(), 1e-6f, y.data(), n);
+    std::vector<float> a = x;
+    k.softmax(a.data(), rows, n);
+    std::vector<float> h = x;
+    k.bias_act(h.data(), n, rows, 0, n, b.data(), vismem::VitAct::gelu);
+    std::vector<float> r = x;
+    k.residual(r.data(), n, t.data(), n, rows, 0, n, b.data(), g.data());
+    std::vector<float> s(size_t(rows) * 2 * n);
+    std::copy(x.begin(), x.end(), s.begin());
+    std::copy(t.begin(), t.end(), s.begin() + x.size());  // rows 0..4 of [rows, 2n] from x then t
+    std::vector<float> s0 = s;
+    k.swiglu(s.data(), 0, rows, n, b.data());
+    for (int i = 0; i < rows; ++i) {
+      const float* xi = &x[size_t(i) * n];
+      double mean = 0, var = 0, mx = -1e30, z = 0;
+      for (int j = 0; j < n; ++j) mean += xi[j], mx = std::max(mx, double(xi[j]));
+      mean /= n;
+      for (int j = 0; j < n; ++j) var += (xi[j] - mean) * (xi[j] - mean), z += std::exp(xi[j] - mx);
+      var /= n;
+      for (int j = 0; j < n; ++j) {
+        const size_t e = size_t(i) * n + j;
+        ln = std::max(ln, std::fabs((xi[j] - mean) / std::sqrt(var + 1e-6) * g[j] + b[j] - y[e]));
+        sm = std::max(sm, std::fabs(std::exp(xi[j] - mx) / z - a[e]));
+        const double v = double(xi[j]) + b[j];
+        ge = std::max(ge, std::fabs(0.5 * v * (1 + std::erf(v / std::sqrt(2.0))) - h[e]));
+        res = std::max(res, std::fabs(xi[j] + double(g[j]) * (double(t[e]) + b[j]) - r[e]));
+        const double u = double(s0[size_t(i) * 2 * n + j]) + b[j], w = double(s0[size_t(i) * 2 * n + n + j]) + b[n + j];
+        sw = std::max(sw, std::fabs(u / (1 + std::exp(-u)) * w - s[size_t(i) * 2 * n + j]) / (1 + std::fabs(u * w)));
+      }
+    }
+    std::printf("%s: max abs err LayerNorm %.3g, softmax %.3g, GELU %.3g, residual %.3g, SwiGLU (rel) %.3g\n",
+                vismem::isa_name(level), ln, sm, ge, res, sw);
+    EXPECT_LT(ln, 1e-4);
+    EXPECT_LT(sm, 1e-6);
+    EXPECT_LT(ge, 1e-5);
+    EXPECT_LT(res, 1e-4);
+    EXPECT_LT(sw, 1e-5);
+  }
+}
+
+TEST(VitIsa, NeverAboveTheCpu) {
+  // Asking for more than the hardware has gives the best level it has: the
+  // avx512 table is never handed out on a CPU without AVX-512, nor by set_isa.
+  IsaGuard guard;
+  EXPECT_EQ(vismem::vit_kernels(vismem::Isa::avx512).isa, vismem::cpu_max_isa());
+  vismem::set_isa(vismem::Isa::avx512);
+  EXPECT_EQ(vismem::vit_kernels().isa, vismem::cpu_max_isa());
+  vismem::set_isa(vismem::Isa::portable);
+  EXPECT_EQ(vismem::vit_kernels().isa, vismem::Isa::portable);
+}
+
+TEST(VitInt8, CloseToHFAtEveryLevel) {
+  // The opt-in int8 mode (linear layers as int8 GEMMs) against the same HF
+  // outputs as the float path, with the tolerance int8 allows: within 3% of
+  // the largest value and a cosine above 0.999 per image.
+  IsaGuard guard;
+  const vismem::VitModel m8 = vismem::quantize_vit_model(vismem::load_vit_model(kFix + "/dinov2_tiny"));
+  ASSERT_EQ(m8.precision, vismem::VitPrecision::int8);
+  const Arr in = load(kFix + "/dinov2_tiny/input_70.npy");
+  const Arr ref = load(kFix + "/dinov2_tiny/pooler_70.npy");
+  for (vismem::Isa level : runnable_levels()) {
+    vismem::set_isa(level);
+    std::vector<float> emb(3 * 64);
+    vismem::vit_embed(m8, in.v.data(), 3, 70, 70, emb.data(), 2);
+    double worst = 1;
+    for (int i = 0; i < 3; ++i) {
+      double dot = 0, na = 0, nb = 0;
+      for (int j = 0; j < 64; ++j) {
+        const double a = emb[i * 64 + j], b = ref.v[i * 64 + j];
+        dot += a * b, na += a * a, nb += b * b;
+      }
+      worst = std::min(worst, dot / std::sqrt(na * nb));
+    }
+    const double e = rel_err(emb, ref.v);
+    std::printf("int8 %s: pooler rel err %.3g, lowest cosine %.6f\n", vismem::isa_name(level), e, worst);
+    EXPECT_LT(e, 3e-2);
+    EXPECT_GT(worst, 0.999);
+  }
+}
+
+TEST(VitInt8, EncoderOptInByEnvironment) {
+  const std::string dir = kFix + "/dinov2_tiny";
+  const std::string fp32 = vismem::load_vit_encoder(dir)->fingerprint();
+  ASSERT_EQ(setenv("VISMEM_PRECISION", "int8", 1), 0);
+  const std::string fp8 = vismem::load_vit_encoder(dir)->fingerprint();
+  ASSERT_EQ(setenv("VISMEM_PRECISION", "int4", 1), 0);
+  EXPECT_THROW(vismem::load_vit_encoder(dir), Error);
+  unsetenv("VISMEM_PRECISION");
+  EXPECT_NE(fp8, fp32);  // a memory never mixes int8 and float embeddings
+  EXPECT_EQ(vismem::load_vit_encoder(dir)->fingerprint(), fp32);
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -15,11 +16,12 @@
 
 #include "error.h"
 #include "textio.h"
-#include "fastmath.h"
 #include "hash.h"
 #include "linalg.h"
+#include "qgemm.h"
 #include "safetensors.h"
 #include "team.h"
+#include "vit_kernels.h"
 
 namespace vismem {
 
@@ -335,6 +337,19 @@ VitModel random_vit_model(const VitConfig& c, uint64_t seed) {
   return m;
 }
 
+VitModel quantize_vit_model(VitModel m) {
+  const VitConfig& c = m.config;
+  const int64_t D = c.hidden, M1 = c.swiglu ? 2 * int64_t(c.mlp) : c.mlp, M = c.mlp;
+  for (VitLayerWeights& L : m.weights.layers) {
+    L.qkv_q = quantize_rows(L.qkv_w.data(), 3 * D, D);
+    L.out_q = quantize_rows(L.out_w.data(), D, D);
+    L.fc1_q = quantize_rows(L.fc1_w.data(), M1, D);
+    L.fc2_q = quantize_rows(L.fc2_w.data(), D, M);
+  }
+  m.precision = VitPrecision::int8;
+  return m;
+}
+
 // ---------------------------------------------------------------------------
 // Bicubic resize of the position-embedding grid (PyTorch's CPU kernels)
 // ---------------------------------------------------------------------------
@@ -503,107 +518,46 @@ struct Scratch {
   }
 };
 
-// y[r] = LayerNorm(x[r]) * g + b for `rows` rows; rows are ldx / ldy apart
-// (so the CLS rows of a batch, T*D apart, are normalized without a gather).
-void layer_norm_rows(const float* x, int64_t ldx, int64_t rows, int D, const float* g, const float* b, float eps,
-                     float* y, int64_t ldy) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * ldx;
-    float* yr = y + r * ldy;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int k = 0; k < D; ++k) sum += xr[k];
-    const float mean = sum / D;
-    float var = 0.0f;
-#pragma omp simd reduction(+ : var)
-    for (int k = 0; k < D; ++k) var += (xr[k] - mean) * (xr[k] - mean);
-    const float rstd = 1.0f / std::sqrt(var / D + eps);
-    for (int k = 0; k < D; ++k) yr[k] = (xr[k] - mean) * rstd * g[k] + b[k];
+VitAct kernel_act(VitConfig::Act act) {
+  switch (act) {
+    case VitConfig::Act::gelu: return VitAct::gelu;
+    case VitConfig::Act::gelu_tanh: return VitAct::gelu_tanh;
+    case VitConfig::Act::quick_gelu: return VitAct::quick_gelu;
+    case VitConfig::Act::silu: return VitAct::silu;
+    case VitConfig::Act::relu: return VitAct::relu;
   }
-}
-
-// In place over rows of length n: softmax.
-void softmax_rows(float* a, int64_t rows, int n) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* ar = a + r * n;
-    // 16 independent lanes: a single running max is a serial dependency chain
-    // (GCC does not vectorize the max reduction by itself).
-    float lane[16];
-    std::fill(lane, lane + 16, ar[0]);
-    int k0 = 0;
-    for (; k0 + 16 <= n; k0 += 16)
-      for (int j = 0; j < 16; ++j) lane[j] = ar[k0 + j] > lane[j] ? ar[k0 + j] : lane[j];
-    for (; k0 < n; ++k0) lane[0] = ar[k0] > lane[0] ? ar[k0] : lane[0];
-    float mx = lane[0];
-    for (int j = 1; j < 16; ++j) mx = lane[j] > mx ? lane[j] : mx;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int k = 0; k < n; ++k) {
-      ar[k] = fast_exp(ar[k] - mx);
-      sum += ar[k];
-    }
-    const float inv = 1.0f / sum;
-    for (int k = 0; k < n; ++k) ar[k] *= inv;
-  }
-}
-
-// h[r, j] = act(h[r, j] + bias[j]) for rows x columns [c0, c1), row stride ld.
-void bias_act(float* h, int64_t rows, int64_t c0, int64_t c1, int64_t ld, const float* bias, VitConfig::Act act) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* hr = h + r * ld;
-    switch (act) {
-      case VitConfig::Act::gelu:
-        for (int64_t k = c0; k < c1; ++k) hr[k] = gelu_erf(hr[k] + bias[k]);
-        break;
-      case VitConfig::Act::gelu_tanh:
-        for (int64_t k = c0; k < c1; ++k) hr[k] = gelu_tanh(hr[k] + bias[k]);
-        break;
-      case VitConfig::Act::quick_gelu:
-        for (int64_t k = c0; k < c1; ++k) hr[k] = quick_gelu(hr[k] + bias[k]);
-        break;
-      case VitConfig::Act::silu:
-        for (int64_t k = c0; k < c1; ++k) hr[k] = silu(hr[k] + bias[k]);
-        break;
-      case VitConfig::Act::relu:
-        for (int64_t k = c0; k < c1; ++k) hr[k] = std::max(hr[k] + bias[k], 0.0f);
-        break;
-    }
-  }
-}
-
-// SwiGLU: h[r, :M] = silu(h[r, :M] + b[:M]) * (h[r, M:] + b[M:]), in place; ld = 2M.
-void swiglu_rows(float* h, int64_t r0, int64_t r1, int M, const float* bias) {
-  for (int64_t r = r0; r < r1; ++r) {
-    float* hr = h + r * 2 * M;
-    for (int k = 0; k < M; ++k) hr[k] = silu(hr[k] + bias[k]) * (hr[M + k] + bias[M + k]);
-  }
+  return VitAct::none;
 }
 
 // x[row(i,q), c0:c1] += ls * (t[i*nq + q, c0:c1] + bias) for the nq continuing
 // rows of each image; row(i,q) = i*T + q. ls may be empty (CLIP: no LayerScale).
-void residual_add(float* x, const float* t, int b, int T, int nq, int D, int64_t c0, int64_t c1, const float* bias,
-                  const std::vector<float>& ls) {
-  for (int i = 0; i < b; ++i)
-    for (int q = 0; q < nq; ++q) {
-      float* xr = x + (int64_t(i) * T + q) * D;
-      const float* tr = t + (int64_t(i) * nq + q) * D;
-      if (ls.empty())
-        for (int64_t k = c0; k < c1; ++k) xr[k] += tr[k] + bias[k];
-      else
-        for (int64_t k = c0; k < c1; ++k) xr[k] += ls[k] * (tr[k] + bias[k]);
-    }
+void residual_add(const VitKernels& K, float* x, const float* t, int b, int T, int nq, int D, int64_t c0, int64_t c1,
+                  const float* bias, const std::vector<float>& ls) {
+  const float* scale = ls.empty() ? nullptr : ls.data();
+  if (nq == T)  // every row continues: one contiguous block
+    K.residual(x, D, t, D, int64_t(b) * T, c0, c1, bias, scale);
+  else
+    for (int i = 0; i < b; ++i)
+      K.residual(x + int64_t(i) * T * D, D, t + int64_t(i) * nq * D, D, nq, c0, c1, bias, scale);
 }
 
-// C[m, n] = A[m, k] W^T for W [n, k], then epi(c0, c1) on the output columns
-// [c0, c1). With P > 1 the output columns are split over P OpenMP threads (each
-// sgemm single-threaded): splitting columns splits the weights, so no thread
-// packs more of W than it multiplies, and each epilogue touches only its columns.
+// C[m, n] = A[m, k] W^T for W [n, k] (float, or its int8 copy q where the
+// model was quantized), then epi(c0, c1) on the output columns [c0, c1). With
+// P > 1 the output columns are split over the team (each sgemm single-threaded):
+// splitting columns splits the weights, so no thread packs more of W than it
+// multiplies, and each epilogue touches only its columns.
 template <class Epilogue>
-void linear(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, float* c, int64_t ldc,
-            Team& team, Epilogue&& epi) {
+void linear(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, const QuantizedMatrix& q,
+            float* c, int64_t ldc, Team& team, Epilogue&& epi) {
+  const auto product = [&](int64_t c0, int64_t c1) {
+    if (q.empty())
+      matmul(m, c1 - c0, k, a, lda, w + c0 * k, k, c + c0, ldc, true);
+    else
+      qmatmul(m, a, lda, q, c0, c1, c, ldc);
+  };
   const int P = team.size();
   if (P == 1) {
-    matmul(m, n, k, a, lda, w, k, c, ldc, true);
+    product(0, n);
     epi(int64_t(0), n);
     return;
   }
@@ -611,23 +565,23 @@ void linear(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const 
   team.run(P, [&](int64_t t, int) {
     const int64_t c0 = t * step, c1 = std::min(n, c0 + step);
     if (c0 < c1) {
-      matmul(m, c1 - c0, k, a, lda, w + c0 * k, k, c + c0, ldc, true);
+      product(c0, c1);
       epi(c0, c1);
     }
   });
 }
 
-// layer_norm_rows split by rows over the team.
-void layer_norm_par(const float* x, int64_t ldx, int64_t rows, int D, const float* g, const float* b, float eps,
-                    float* y, int64_t ldy, Team& team) {
+// LayerNorm split by rows over the team.
+void layer_norm_par(const VitKernels& K, const float* x, int64_t ldx, int64_t rows, int D, const float* g,
+                    const float* b, float eps, float* y, int64_t ldy, Team& team) {
   const int P = team.size();
   if (P == 1 || rows < 2 * P) {
-    layer_norm_rows(x, ldx, rows, D, g, b, eps, y, ldy);
+    K.layer_norm(x, ldx, rows, D, g, b, eps, y, ldy);
     return;
   }
   team.run(P, [&](int64_t t, int) {
     const int64_t r0 = rows * t / P, r1 = rows * (t + 1) / P;
-    layer_norm_rows(x + r0 * ldx, ldx, r1 - r0, D, g, b, eps, y + r0 * ldy, ldy);
+    K.layer_norm(x + r0 * ldx, ldx, r1 - r0, D, g, b, eps, y + r0 * ldy, ldy);
   });
 }
 
@@ -637,7 +591,8 @@ void layer_norm_par(const float* x, int64_t ldx, int64_t rows, int D, const floa
 // team: the threads inside the block (columns of each linear layer, heads of the
 // attention; team.h explains why not OpenMP); a team of 1 when whole images are
 // spread over threads instead.
-void block(const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T, int nq, Team& team) {
+void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T, int nq,
+           Team& team) {
   const int P = team.size();
   const int D = c.hidden, H = c.heads, dh = c.head_dim(), M = c.mlp;
   const int64_t R = int64_t(b) * T, Rq = int64_t(b) * nq;
@@ -647,12 +602,12 @@ void block(const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int 
   float* qkv = s.qkv.data();
   float* tmp = s.tmp.data();
   float* mid = s.mid.data();
+  const VitAct act = kernel_act(c.act);
 
   // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b
-  layer_norm_par(x, D, R, D, L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, s.xn.data(), D, team);
-  linear(R, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), qkv, 3 * D, team, [&](int64_t c0, int64_t c1) {
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t k = c0; k < c1; ++k) qkv[r * 3 * D + k] += L.qkv_b[k];
+  layer_norm_par(K, x, D, R, D, L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, s.xn.data(), D, team);
+  linear(R, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, qkv, 3 * D, team, [&](int64_t c0, int64_t c1) {
+    K.bias_act(qkv, 3 * D, R, c0, c1, L.qkv_b.data(), VitAct::none);
   });
   // ctx [Rq, D]: per image and head, att [nq, T] = softmax(q k^T * scale); ctx_h = att v
   team.run(int64_t(b) * H, [&](int64_t ih, int worker) {
@@ -663,28 +618,28 @@ void block(const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int 
     const float* k = base + D + h * dh;
     const float* v = base + 2 * D + h * dh;
     matmul(nq, T, dh, q, 3 * D, k, 3 * D, att, T, true, scale);
-    softmax_rows(att, nq, T);
+    K.softmax(att, nq, T);
     matmul(nq, dh, T, att, T, v, 3 * D, s.ctx.data() + i * nq * D + h * dh, D, false);
   });
   // tmp [Rq, D] = ctx W_o^T; x += ls1 * (tmp + b_o)
-  linear(Rq, D, D, s.ctx.data(), D, L.out_w.data(), tmp, D, team, [&](int64_t c0, int64_t c1) {
-    residual_add(x, tmp, b, T, nq, D, c0, c1, L.out_b.data(), L.ls1);
+  linear(Rq, D, D, s.ctx.data(), D, L.out_w.data(), L.out_q, tmp, D, team, [&](int64_t c0, int64_t c1) {
+    residual_add(K, x, tmp, b, T, nq, D, c0, c1, L.out_b.data(), L.ls1);
   });
 
   // xn [Rq, D] = LN2(x rows); mid [Rq, M1] = act(xn W1^T + b1); tmp [Rq, D] = mid W2^T
-  layer_norm_par(x, ldx, Rq, D, L.ln2_w.data(), L.ln2_b.data(), c.ln_eps, s.xn.data(), D, team);
+  layer_norm_par(K, x, ldx, Rq, D, L.ln2_w.data(), L.ln2_b.data(), c.ln_eps, s.xn.data(), D, team);
   const auto add_fc2 = [&](int64_t c0, int64_t c1) {
-    residual_add(x, tmp, b, T, nq, D, c0, c1, L.fc2_b.data(), L.ls2);
+    residual_add(K, x, tmp, b, T, nq, D, c0, c1, L.fc2_b.data(), L.ls2);
   };
   if (c.swiglu) {
     // The gate pairs column j with M + j, so the activation runs split by rows.
-    linear(Rq, 2 * M, D, s.xn.data(), D, L.fc1_w.data(), mid, 2 * M, team, [](int64_t, int64_t) {});
-    team.run(P, [&](int64_t t, int) { swiglu_rows(mid, Rq * t / P, Rq * (t + 1) / P, M, L.fc1_b.data()); });
-    linear(Rq, D, M, mid, 2 * M, L.fc2_w.data(), tmp, D, team, add_fc2);
+    linear(Rq, 2 * M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, mid, 2 * M, team, [](int64_t, int64_t) {});
+    team.run(P, [&](int64_t t, int) { K.swiglu(mid, Rq * t / P, Rq * (t + 1) / P, M, L.fc1_b.data()); });
+    linear(Rq, D, M, mid, 2 * M, L.fc2_w.data(), L.fc2_q, tmp, D, team, add_fc2);
   } else {
-    linear(Rq, M, D, s.xn.data(), D, L.fc1_w.data(), mid, M, team,
-           [&](int64_t c0, int64_t c1) { bias_act(mid, Rq, c0, c1, M, L.fc1_b.data(), c.act); });
-    linear(Rq, D, M, mid, M, L.fc2_w.data(), tmp, D, team, add_fc2);
+    linear(Rq, M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, mid, M, team,
+           [&](int64_t c0, int64_t c1) { K.bias_act(mid, M, Rq, c0, c1, L.fc1_b.data(), act); });
+    linear(Rq, D, M, mid, M, L.fc2_w.data(), L.fc2_q, tmp, D, team, add_fc2);
   }
 }
 
@@ -696,6 +651,7 @@ void forward_chunk(const VitModel& m, const float* pos, const float* pixels, int
   const VitWeights& W = m.weights;
   const int D = c.hidden, p = c.patch, C = c.channels, gh = h / p, gw = w / p, G = gh * gw;
   const int T = c.tokens(h, w), K = C * p * p, first_patch = 1 + c.registers;
+  const VitKernels& kern = vit_kernels();
 
   // patches [b*G, K]: row (i, gy, gx), column (ch, ky, kx) as the conv weight is laid out.
   for (int i = 0; i < b; ++i) {
@@ -713,32 +669,29 @@ void forward_chunk(const VitModel& m, const float* pos, const float* pixels, int
   // x [b*T, D]: CLS + pos[0], registers (no position), patch conv + bias + pos[1+g]
   for (int i = 0; i < b; ++i) {
     float* xi = s.x.data() + int64_t(i) * T * D;
-    linear(G, D, K, s.patches.data() + int64_t(i) * G * K, K, W.patch_w.data(), xi + int64_t(first_patch) * D, D,
-           team, [](int64_t, int64_t) {});
+    // The patch embedding stays float in the int8 mode (K = 588: 2% of the FLOPs).
+    linear(G, D, K, s.patches.data() + int64_t(i) * G * K, K, W.patch_w.data(), QuantizedMatrix{},
+           xi + int64_t(first_patch) * D, D, team, [](int64_t, int64_t) {});
     for (int k = 0; k < D; ++k) xi[k] = W.cls[k] + pos[k];
     if (c.registers > 0) std::copy(W.registers.begin(), W.registers.end(), xi + D);
-    for (int g = 0; g < G; ++g) {
-      float* xr = xi + int64_t(first_patch + g) * D;
-      const float* pr = pos + int64_t(1 + g) * D;
-      for (int k = 0; k < D; ++k) xr[k] = (xr[k] + W.patch_b[k]) + pr[k];
-    }
+    kern.residual(xi + int64_t(first_patch) * D, D, pos + D, D, G, 0, D, W.patch_b.data(), nullptr);
   }
   if (c.family == VitConfig::Family::clip)
-    layer_norm_par(s.x.data(), D, int64_t(b) * T, D, W.pre_ln_w.data(), W.pre_ln_b.data(), c.ln_eps, s.x.data(), D,
-                   team);
+    layer_norm_par(kern, s.x.data(), D, int64_t(b) * T, D, W.pre_ln_w.data(), W.pre_ln_b.data(), c.ln_eps,
+                   s.x.data(), D, team);
 
   for (int l = 0; l < c.layers; ++l) {
     const bool cls_only = l == c.layers - 1 && last_hidden == nullptr;
-    block(c, W.layers[l], s, b, T, cls_only ? 1 : T, team);
+    block(kern, c, W.layers[l], s, b, T, cls_only ? 1 : T, team);
   }
 
   // pooler [b, D] = final LN of the CLS rows (T*D apart)
   float* pool = s.pooler.data();
-  layer_norm_rows(s.x.data(), int64_t(T) * D, b, D, W.final_ln_w.data(), W.final_ln_b.data(), c.ln_eps, pool, D);
+  kern.layer_norm(s.x.data(), int64_t(T) * D, b, D, W.final_ln_w.data(), W.final_ln_b.data(), c.ln_eps, pool, D);
   if (pooler) std::copy(pool, pool + int64_t(b) * D, pooler);
   if (last_hidden) {
     if (c.family == VitConfig::Family::dinov2)  // Dinov2Model's last_hidden_state is after the final LN
-      layer_norm_par(s.x.data(), D, int64_t(b) * T, D, W.final_ln_w.data(), W.final_ln_b.data(), c.ln_eps,
+      layer_norm_par(kern, s.x.data(), D, int64_t(b) * T, D, W.final_ln_w.data(), W.final_ln_b.data(), c.ln_eps,
                      last_hidden, D, team);
     else  // CLIP's is the encoder output; post_layernorm only touches the pooled CLS
       std::copy(s.x.begin(), s.x.begin() + int64_t(b) * T * D, last_hidden);
@@ -784,6 +737,9 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
   const int T = c.tokens(h, w), G = (h / c.patch) * (w / c.patch), D = c.hidden, P = c.dim();
   const int64_t img = int64_t(c.channels) * h * w;
   if (threads <= 0) threads = default_threads();
+  // int8 weights are packed once at load, so nothing is re-packed per call and
+  // one image per chunk keeps the quantized activations in L2.
+  const int max_chunk = m.precision == VitPrecision::int8 ? 1 : kMaxChunk;
 
   auto run_range = [&](Scratch& s, Team& team, int start, int b) {
     forward_chunk(m, pos.data(), pixels + start * img, b, h, w, team, s, emb ? emb + int64_t(start) * P : nullptr,
@@ -796,7 +752,7 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
     // Whole images per thread: no synchronization inside a forward, and each
     // sgemm runs single-threaded on its own core.
     set_blas_threads(1);
-    const int chunk = std::min(kMaxChunk, (n + threads - 1) / threads);
+    const int chunk = std::min(max_chunk, (n + threads - 1) / threads);
     std::atomic<int> next{0};
     std::vector<std::exception_ptr> errors(threads);
     std::vector<std::thread> pool;
@@ -820,7 +776,7 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
   // or, for comparison, OpenBLAS threads inside each sgemm (VitSplit::blas).
   const int par = split == VitSplit::blas ? 1 : threads;
   set_blas_threads(split == VitSplit::blas ? threads : 1);
-  const int chunk = std::min(kMaxChunk, n);
+  const int chunk = std::min(max_chunk, n);
   Scratch s(c, chunk, T, G, par);
   Team team(par);
   for (int start = 0; start < n; start += chunk) run_range(s, team, start, std::min(chunk, n - start));
@@ -889,6 +845,8 @@ class VitEncoder final : public Encoder {
             add(*v);
       }
       acc += pc_.describe();
+      // int8 embeddings differ from float ones: a memory must not mix them.
+      if (m_.precision == VitPrecision::int8) acc += "|int8";
       fp_ = sha256_hex(acc.data(), acc.size());
     });
     return fp_;
@@ -911,6 +869,14 @@ class VitEncoder final : public Encoder {
 
 std::unique_ptr<Encoder> make_vit_encoder(VitModel model) { return std::make_unique<VitEncoder>(std::move(model)); }
 
-std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir) { return make_vit_encoder(load_vit_model(dir)); }
+std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir) {
+  VitModel m = load_vit_model(dir);
+  const char* env = std::getenv("VISMEM_PRECISION");
+  const std::string precision = env ? env : "";
+  if (precision == "int8") return make_vit_encoder(quantize_vit_model(std::move(m)));
+  if (!precision.empty() && precision != "f32")
+    throw Error("VISMEM_PRECISION=" + precision + ": expected f32 or int8");
+  return make_vit_encoder(std::move(m));
+}
 
 }  // namespace vismem

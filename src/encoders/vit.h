@@ -1,5 +1,6 @@
 // vit.h: the paper's encoders, DINOv2 and CLIP vision transformers, run natively
-// from HF checkpoints (config.json + model.safetensors), float32.
+// from HF checkpoints (config.json + model.safetensors), float32 (or, opt-in,
+// with int8 linear layers: quantize_vit_model, VISMEM_PRECISION=int8).
 //
 // Basic usage:
 //   std::unique_ptr<vismem::Encoder> enc = vismem::load_vit_encoder("/models/dinov2-small");
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "encoder.h"
+#include "qgemm.h"
 
 namespace vismem {
 
@@ -77,6 +79,8 @@ struct VitLayerWeights {
   std::vector<float> fc1_w, fc1_b;  // [M, D], [M] mlp.fc1 (SwiGLU: [2M, D] mlp.weights_in)
   std::vector<float> fc2_w, fc2_b;  // [D, M], [D] mlp.fc2 (SwiGLU: mlp.weights_out)
   std::vector<float> ls2;           // [D] layer_scale2.lambda1 (DINOv2 only)
+  // The int8 copies of the four linear layers (quantize_vit_model); empty in float models.
+  QuantizedMatrix qkv_q, out_q, fc1_q, fc2_q;
 };
 
 // Weights in PyTorch's [out, in] layout, float32.
@@ -93,9 +97,15 @@ struct VitWeights {
   std::vector<float> proj;                    // [P, D] visual_projection.weight (CLIP)
 };
 
+// f32: float32 throughout. int8: the four linear layers of every block run as
+// int8 GEMMs (qgemm.h: weights per output channel, activations per row at run
+// time); attention, norms, the patch embedding and the activations stay float.
+enum class VitPrecision { f32, int8 };
+
 struct VitModel {
   VitConfig config;
   VitWeights weights;
+  VitPrecision precision = VitPrecision::f32;
   std::string dir;                  // where it was loaded from ("" for random models)
   std::vector<std::string> files;   // weight files, for the fingerprint
 };
@@ -104,6 +114,9 @@ struct VitModel {
 VitModel load_vit_model(const std::string& dir);
 // Random weights of the config's shapes (benchmarks, tests); deterministic in seed.
 VitModel random_vit_model(const VitConfig& config, uint64_t seed = 1);
+// The opt-in int8 mode: adds the int8 copies of the linear layers (the float
+// weights stay, for the fingerprint and the float path's tests).
+VitModel quantize_vit_model(VitModel model);
 
 struct VitOutputs {
   std::vector<float> embedding;    // n x dim(): DINOv2 pooler_output, CLIP image_embeds (not normalized)
@@ -137,7 +150,9 @@ void resize_bicubic(const float* in, int ih, int iw, int c, float* out, int oh, 
 // The Encoder over a loaded checkpoint. name(): "dinov2" / "clip". input_size():
 // DINOv2 224 (PreprocessConfig::dinov2()), CLIP the config's image_size
 // (PreprocessConfig::clip() with crop and resize set to it). fingerprint():
-// sha256 over the weight files, config.json and preprocess().describe().
+// sha256 over the weight files, config.json and preprocess().describe(), and
+// "int8" in the int8 mode. load_vit_encoder runs the int8 mode when the
+// environment says VISMEM_PRECISION=int8 (default f32; anything else throws).
 std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir);
 std::unique_ptr<Encoder> make_vit_encoder(VitModel model);
 

@@ -1,0 +1,235 @@
+#include "qgemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cpu.h"
+#include "error.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace vismem {
+
+namespace {
+
+constexpr int64_t kBlock = 8;    // output columns per packed block (one vector of int32)
+constexpr int64_t kRowTile = 32;  // rows of A kept hot while every column panel passes
+
+// Weights: symmetric 7-bit per output channel, q = round(w / s), s = max|w| / 63.
+// 7 bits (as oneDNN on CPUs without VNNI) so that vpmaddubsw's int16 pair sums
+// of u8 activations times weights stay below 2^15: 2 * 255 * 63 = 32130.
+constexpr float kWeightLevels = 63.0f;
+
+float quantize_weight_row(const float* x, int64_t k, int64_t kp, int8_t* q) {
+  float mx = 0.0f;
+  for (int64_t i = 0; i < k; ++i) mx = std::max(mx, std::fabs(x[i]));
+  const float inv = mx > 0.0f ? kWeightLevels / mx : 0.0f;
+  for (int64_t i = 0; i < k; ++i) q[i] = static_cast<int8_t>(std::lrintf(x[i] * inv));
+  std::fill(q + k, q + kp, int8_t(0));
+  return mx / kWeightLevels;
+}
+
+// Activations of one call: asymmetric u8 per row over [min(x, 0), max(x, 0)]
+// (so 0 is exact): x ~= scale * (u - zero). Asymmetric because the inputs of
+// fc2 are GELU outputs, nearly all of their range on one side of zero.
+struct QuantizedRows {
+  std::vector<uint8_t> u;      // [m, kp], padding = zero (contributes zero - zero = 0)
+  std::vector<float> scale;    // [m]
+  std::vector<int32_t> zero;   // [m]
+};
+
+// One row to u8: u = clamp(round(x * inv) + z, 0, 255) (ties to even).
+void quantize_row_u8(const float* x, int64_t k, float inv, int32_t z, uint8_t* u) {
+  for (int64_t j = 0; j < k; ++j)
+    u[j] = static_cast<uint8_t>(std::clamp<int32_t>(static_cast<int32_t>(std::nearbyint(x[j] * inv)) + z, 0, 255));
+}
+
+void row_range(const float* x, int64_t k, float& lo, float& hi) {
+  for (int64_t j = 0; j < k; ++j) lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
+}
+
+#if defined(__x86_64__)
+// The same two loops with AVX2 (scalar they cost as much as the int8 GEMM).
+__attribute__((target("avx2,fma"))) void row_range_avx2(const float* x, int64_t k, float& lo, float& hi) {
+  __m256 l = _mm256_set1_ps(lo), h = _mm256_set1_ps(hi);
+  int64_t j = 0;
+  for (; j + 8 <= k; j += 8) {
+    const __m256 v = _mm256_loadu_ps(x + j);
+    l = _mm256_min_ps(l, v);
+    h = _mm256_max_ps(h, v);
+  }
+  float lv[8], hv[8];
+  _mm256_storeu_ps(lv, l);
+  _mm256_storeu_ps(hv, h);
+  for (int i = 0; i < 8; ++i) lo = std::min(lo, lv[i]), hi = std::max(hi, hv[i]);
+  row_range(x + j, k - j, lo, hi);
+}
+
+// 8 floats to int32 round(x * inv) + z (_mm256_cvtps_epi32 rounds to nearest even, as nearbyint).
+__attribute__((target("avx2,fma"))) inline __m256i quantize8(const float* p, __m256 inv, __m256i z) {
+  return _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p), inv)), z);
+}
+
+__attribute__((target("avx2,fma"))) void quantize_row_u8_avx2(const float* x, int64_t k, float inv, int32_t z,
+                                                              uint8_t* u) {
+  const __m256 vi = _mm256_set1_ps(inv);
+  const __m256i vz = _mm256_set1_epi32(z), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  int64_t j = 0;
+  for (; j + 32 <= k; j += 32) {
+    // packs / packus saturate to [0, 255], the clamp; they interleave 128-bit lanes, the permute undoes it.
+    const __m256i ab = _mm256_packs_epi32(quantize8(x + j, vi, vz), quantize8(x + j + 8, vi, vz));
+    const __m256i cd = _mm256_packs_epi32(quantize8(x + j + 16, vi, vz), quantize8(x + j + 24, vi, vz));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + j), bytes);
+  }
+  quantize_row_u8(x + j, k - j, inv, z, u + j);
+}
+#endif
+
+QuantizedRows quantize_activations(int64_t m, const float* a, int64_t lda, int64_t k, int64_t kp) {
+  QuantizedRows r;
+  r.u.resize(size_t(m * kp));
+  r.scale.resize(size_t(m));
+  r.zero.resize(size_t(m));
+#if defined(__x86_64__)
+  const bool avx2 = cpu_isa() >= Isa::avx2;
+#else
+  const bool avx2 = false;
+#endif
+  for (int64_t i = 0; i < m; ++i) {
+    const float* x = a + i * lda;
+    float lo = 0.0f, hi = 0.0f;
+    uint8_t* u = &r.u[i * kp];
+#if defined(__x86_64__)
+    if (avx2) row_range_avx2(x, k, lo, hi);
+#endif
+    if (!avx2) row_range(x, k, lo, hi);
+    const float s = (hi - lo) / 255.0f, inv = hi > lo ? 255.0f / (hi - lo) : 0.0f;
+    const int32_t z = hi > lo ? static_cast<int32_t>(std::nearbyint(-lo * inv)) : 0;
+#if defined(__x86_64__)
+    if (avx2) quantize_row_u8_avx2(x, k, inv, z, u);
+#endif
+    if (!avx2) quantize_row_u8(x, k, inv, z, u);
+    std::fill(u + k, u + kp, static_cast<uint8_t>(z));
+    r.scale[i] = s;
+    r.zero[i] = z;
+  }
+  return r;
+}
+
+// Writes the 8 columns [col, col + 8) of one output row that fall below c1.
+inline void store_cols(float* c_row, int64_t col, int64_t c1, const float* v) {
+  const int64_t n = std::min<int64_t>(kBlock, c1 - col);
+  std::memcpy(c_row + col, v, size_t(n) * sizeof(float));
+}
+
+void qmatmul_portable(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w, int64_t c0, int64_t c1, float* c,
+                      int64_t ldc) {
+  const int64_t groups = w.kp / 4;
+  for (int64_t i = 0; i < m; ++i) {
+    const uint8_t* ua = &a.u[i * w.kp];
+    for (int64_t col = c0; col < c1; col += kBlock) {
+      const int8_t* blk = &w.packed[(col / kBlock) * groups * 32];
+      int32_t acc[kBlock] = {};
+      for (int64_t g = 0; g < groups; ++g)
+        for (int64_t j = 0; j < kBlock; ++j)
+          for (int64_t t = 0; t < 4; ++t) acc[j] += int32_t(ua[g * 4 + t]) * int32_t(blk[g * 32 + j * 4 + t]);
+      float v[kBlock];
+      for (int64_t j = 0; j < kBlock; ++j)
+        v[j] = float(acc[j] - a.zero[i] * w.col_sum[col + j]) * (a.scale[i] * w.scale[col + j]);
+      store_cols(c + i * ldc, col, c1, v);
+    }
+  }
+}
+
+#if defined(__x86_64__)
+// 4 rows x 16 columns per step: per 4 k, two 32-byte weight vectors (an
+// L1-hot panel) against each row's 4 activations broadcast. vpmaddubsw
+// multiplies u8 activations by s8 weights and adds pairs into int16 (no
+// saturation with 7-bit weights); vpmaddwd by 1 widens the pairs into int32.
+// Epilogue: subtract zero * column sum, scale to float.
+__attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w,
+                                                      int64_t c0, int64_t c1, float* c, int64_t ldc) {
+  const int64_t kp = w.kp, groups = kp / 4;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t r0 = 0; r0 < m; r0 += kRowTile) {
+    const int64_t r1 = std::min(m, r0 + kRowTile);
+    for (int64_t col = c0; col < c1; col += 2 * kBlock) {
+      const bool two = col + kBlock < c1;
+      const int64_t col1 = two ? col + kBlock : col;
+      const int8_t* w0 = &w.packed[(col / kBlock) * groups * 32];
+      const int8_t* w1 = &w.packed[(col1 / kBlock) * groups * 32];
+      for (int64_t r = r0; r < r1; r += 4) {
+        // Rows past the end repeat the last row (computed, not stored).
+        const uint8_t* ua[4];
+        for (int i = 0; i < 4; ++i) ua[i] = &a.u[std::min(r + i, r1 - 1) * kp];
+        __m256i acc[4][2];
+        for (auto& ai : acc) ai[0] = ai[1] = _mm256_setzero_si256();
+        for (int64_t g = 0; g < groups; ++g) {
+          const __m256i wv0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + g * 32));
+          const __m256i wv1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + g * 32));
+          for (int i = 0; i < 4; ++i) {
+            int32_t uv;
+            std::memcpy(&uv, ua[i] + g * 4, 4);
+            const __m256i u = _mm256_set1_epi32(uv);
+            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
+            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
+          }
+        }
+        const __m256i cs0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&w.col_sum[col]));
+        const __m256i cs1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&w.col_sum[col1]));
+        const __m256 ws0 = _mm256_loadu_ps(&w.scale[col]), ws1 = _mm256_loadu_ps(&w.scale[col1]);
+        for (int i = 0; i < 4 && r + i < r1; ++i) {
+          const __m256 sa = _mm256_set1_ps(a.scale[r + i]);
+          const __m256i z = _mm256_set1_epi32(a.zero[r + i]);
+          float v[2][kBlock];
+          const __m256i d0 = _mm256_sub_epi32(acc[i][0], _mm256_mullo_epi32(z, cs0));
+          const __m256i d1 = _mm256_sub_epi32(acc[i][1], _mm256_mullo_epi32(z, cs1));
+          _mm256_storeu_ps(v[0], _mm256_mul_ps(_mm256_cvtepi32_ps(d0), _mm256_mul_ps(sa, ws0)));
+          _mm256_storeu_ps(v[1], _mm256_mul_ps(_mm256_cvtepi32_ps(d1), _mm256_mul_ps(sa, ws1)));
+          store_cols(c + (r + i) * ldc, col, c1, v[0]);
+          if (two) store_cols(c + (r + i) * ldc, col1, c1, v[1]);
+        }
+      }
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k) {
+  if (n <= 0 || k <= 0) throw Error("quantize_rows: empty matrix");
+  QuantizedMatrix q;
+  q.n = n;
+  q.k = k;
+  q.kp = (k + 3) / 4 * 4;
+  const int64_t blocks = (n + kBlock - 1) / kBlock, groups = q.kp / 4;
+  q.packed.assign(size_t(blocks * groups * 32), 0);
+  q.scale.assign(size_t(blocks * kBlock), 0.0f);
+  q.col_sum.assign(size_t(blocks * kBlock), 0);
+  std::vector<int8_t> row(size_t(q.kp));
+  for (int64_t j = 0; j < n; ++j) {
+    q.scale[j] = quantize_weight_row(w + j * k, k, q.kp, row.data());
+    for (int8_t v : row) q.col_sum[j] += v;
+    int8_t* blk = &q.packed[(j / kBlock) * groups * 32];
+    for (int64_t g = 0; g < groups; ++g) std::memcpy(blk + g * 32 + (j % kBlock) * 4, &row[g * 4], 4);
+  }
+  return q;
+}
+
+void qmatmul(int64_t m, const float* a, int64_t lda, const QuantizedMatrix& w, int64_t c0, int64_t c1, float* c,
+             int64_t ldc) {
+  if (c0 % kBlock != 0 || c0 < 0 || c1 > w.n) throw Error("qmatmul: bad column range");
+  if (m <= 0 || c0 >= c1) return;
+  const QuantizedRows qa = quantize_activations(m, a, lda, w.k, w.kp);
+#if defined(__x86_64__)
+  if (cpu_isa() >= Isa::avx2) return qmatmul_avx2(m, qa, w, c0, c1, c, ldc);
+#endif
+  qmatmul_portable(m, qa, w, c0, c1, c, ldc);
+}
+
+}  // namespace vismem

@@ -1,0 +1,41 @@
+// qgemm.h: int8 matrix products for the encoders' opt-in int8 mode: weights
+// quantized once per output channel (symmetric, 7 bits), activations per row
+// at each call (dynamic, asymmetric u8), products summed exactly in int32,
+// then scaled back.
+//
+// Basic usage:
+//   vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);   // W [n, k] (PyTorch layout)
+//   vismem::qmatmul(m, a, k, q, 0, n, c, n);    // C[m, 0:n] ~= A[m, k] W^T
+//
+// Error: weights are rounded to 1/126 of their row's max |w|, activations to
+// 1/255 of their row's range (errors average out over k); tests/test_qgemm.cpp
+// holds the product to the float one. Kernels: AVX2 (vpmaddubsw, whose int16
+// pair sums cannot saturate with 7-bit weights), chosen by cpu_isa(); the
+// AVX-512 level uses the AVX2 kernel; portable is plain C++. Results are
+// identical at every level (exact int32 sums, the same float epilogue).
+// Thread safety: a QuantizedMatrix is read-only after quantize_rows; qmatmul
+// may run from several threads at once (each call quantizes A into its own buffer).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace vismem {
+
+struct QuantizedMatrix {
+  int64_t n = 0, k = 0;
+  int64_t kp = 0;              // k rounded up to a multiple of 4 (zero padded)
+  std::vector<int8_t> packed;  // [n/8 blocks][kp/4][8 columns][4]: one 32-byte vector per block and 4 k
+  std::vector<float> scale;    // [n] per output channel: w ~= q * scale
+  std::vector<int32_t> col_sum;  // [n] sum of q over k (removes the activations' zero point)
+  bool empty() const { return n == 0; }
+};
+
+// Quantizes W [n, k] (row j = output channel j). n is padded to a multiple of 8 with zero rows.
+QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k);
+
+// C[r, c] = sum_k A[r, k] W[c, k] for rows [0, m) and output columns [c0, c1)
+// (c0 a multiple of 8). A is quantized per row inside the call.
+void qmatmul(int64_t m, const float* a, int64_t lda, const QuantizedMatrix& w, int64_t c0, int64_t c1, float* c,
+             int64_t ldc);
+
+}  // namespace vismem

@@ -1,0 +1,76 @@
+// The int8 matrix product (qgemm.h) against the float one, at every ISA level
+// this CPU runs, on sizes that exercise the row, column and k tails.
+#include "qgemm.h"
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "cpu.h"
+#include "error.h"
+#include "linalg.h"
+
+namespace {
+
+std::vector<float> normal(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+struct IsaGuard {
+  vismem::Isa saved = vismem::cpu_isa();
+  ~IsaGuard() { vismem::set_isa(saved); }
+};
+
+}  // namespace
+
+TEST(Qgemm, CloseToTheFloatProductAndEqualAcrossLevels) {
+  IsaGuard guard;
+  for (auto [m, n, k] : {std::array<int64_t, 3>{7, 29, 37}, {130, 48, 384}, {1, 16, 4}, {5, 1, 3}}) {
+    const std::vector<float> a = normal(size_t(m * k), 1), w = normal(size_t(n * k), 2);
+    std::vector<float> ref(size_t(m * n));
+    vismem::matmul(m, n, k, a.data(), k, w.data(), k, ref.data(), n, true);
+    const vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);
+    std::vector<std::vector<float>> outs;
+    for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {
+      vismem::set_isa(vismem::Isa(level));
+      std::vector<float> c(size_t(m * n), -7.0f);
+      vismem::qmatmul(m, a.data(), k, q, 0, n, c.data(), n);
+      double err = 0, top = 0;
+      for (size_t i = 0; i < c.size(); ++i) {
+        err = std::max(err, std::fabs(double(c[i]) - ref[i]));
+        top = std::max(top, std::fabs(double(ref[i])));
+      }
+      std::printf("%ldx%ldx%ld %s: max abs err %.3g of max |C| %.3g\n", long(m), long(n), long(k),
+                  vismem::isa_name(vismem::Isa(level)), err, top);
+      EXPECT_LT(err, 0.03 * top) << m << "x" << n << "x" << k;
+      outs.push_back(c);
+    }
+    for (size_t l = 1; l < outs.size(); ++l) EXPECT_EQ(outs[l], outs[0]);  // int32 sums: exact at every level
+  }
+}
+
+TEST(Qgemm, ColumnRangeWritesOnlyItsColumns) {
+  const int64_t m = 9, n = 40, k = 20;
+  const std::vector<float> a = normal(size_t(m * k), 3), w = normal(size_t(n * k), 4);
+  const vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);
+  std::vector<float> all(size_t(m * n)), part(size_t(m * n), 0.0f);
+  vismem::qmatmul(m, a.data(), k, q, 0, n, all.data(), n);
+  vismem::qmatmul(m, a.data(), k, q, 8, 27, part.data(), n);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      EXPECT_EQ(part[i * n + j], j >= 8 && j < 27 ? all[i * n + j] : 0.0f) << i << "," << j;
+  EXPECT_THROW(vismem::qmatmul(m, a.data(), k, q, 3, 10, part.data(), n), vismem::Error);  // not a block start
+  EXPECT_THROW(vismem::quantize_rows(w.data(), 0, k), vismem::Error);
+  // A zero row quantizes to zero, not to NaN.
+  std::vector<float> zero(size_t(k), 0.0f), out(size_t(n), 1.0f);
+  vismem::qmatmul(1, zero.data(), k, q, 0, n, out.data(), n);
+  for (float v : out) EXPECT_EQ(v, 0.0f);
+}
