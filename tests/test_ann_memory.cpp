@@ -65,15 +65,8 @@ std::vector<std::string> answers(const Memory& m, const std::vector<float>& q, i
   }
   return out;
 }
-// Settings under which the index considers every item.
-SearchParams exhaustive(const std::string& factory) {
-  SearchParams sp;
-  sp.nprobe = 1 << 20;
-  sp.ef = 2048;
-  sp.k_factor = 8;
-  (void)factory;
-  return sp;
-}
+// Settings under which the index considers every item (IVF: every list; HNSW: a wide beam).
+const SearchParams kExhaustive{.nprobe = 1 << 20, .ef = 2048, .k_factor = 8};
 const SearchParams kExact{.exact = true};
 
 std::string bytes_of_files(const std::string& p) {
@@ -122,7 +115,7 @@ TEST_P(AnnMemory, ExactDistancesAlwaysAndExhaustiveEqualsExact) {
   EXPECT_EQ(info->tail_rows, 300);
   EXPECT_EQ(info->entries, 2700);
   // Exhaustive settings: the same answers as the exact scan, bit for bit.
-  EXPECT_TRUE(answers(m, q, 40, 20, exhaustive(factory)) == answers(m, q, 40, 20, kExact));
+  EXPECT_TRUE(answers(m, q, 40, 20, kExhaustive) == answers(m, q, 40, 20, kExact));
   // Default settings: the neighbor set may differ, every distance is the exact one.
   auto all = m.search(q.data(), 40, 3000, {}, 0, &kExact);
   auto approx = m.search(q.data(), 40, 20, {}, 0, &m.search_params());
@@ -183,10 +176,10 @@ TEST_P(AnnMemory, RemovedEqualsNeverAddedWithNoByteLeft) {
   EXPECT_EQ(answers(a, q, 30, 20, kExact), answers(b, q, 30, 20, kExact));
   if (factory.rfind("IVF", 0) == 0) {
     // Every list probed: exhaustive, so the answers are exactly those of the memory never given them.
-    EXPECT_TRUE(answers(a, q, 30, 20, exhaustive(factory)) == answers(b, q, 30, 20, exhaustive(factory)));
+    EXPECT_TRUE(answers(a, q, 30, 20, kExhaustive) == answers(b, q, 30, 20, kExhaustive));
   } else {
     // A graph is never exhaustive: both reach the exact answers but for a rare miss.
-    const SearchParams ex = exhaustive(factory);
+    const SearchParams& ex = kExhaustive;
     for (const Memory* m : {&a, &b}) {
       auto got = m->search(q.data(), 30, 20, {}, 0, &ex);
       auto want = m->search(q.data(), 30, 20, {}, 0, &kExact);
@@ -299,7 +292,7 @@ TEST(AnnMemoryStore, OtherHandlesFollowIndexChanges) {
   Memory w = Memory::create(p, {.dim = kD, .index = "IVF8,Flat", .index_fold_rows = 300});
   w.add(ids_of(0, 1000), labels_of(0, 1000), x.data());
   Memory r = Memory::open(p);
-  const SearchParams all = exhaustive("IVF8,Flat");
+  const SearchParams& all = kExhaustive;
   EXPECT_EQ(r.search(x.data() + 5 * kD, 1, 1, {}, 0, &all)[0][0].id, "i5");  // loads the index
   w.add(ids_of(1000, 2000), labels_of(1000, 2000), x.data() + 1000 * kD);  // folded: a new index file
   w.remove({"i5"});
@@ -333,7 +326,7 @@ TEST(AnnMemoryStore, DamagedIndexFileSaysRebuildAndNeverBlocksRemoval) {
     EXPECT_TRUE(index_files(p).empty());
     m.rebuild_index();
     EXPECT_EQ(m.index_info(true)->entries, 1199);
-    EXPECT_EQ(answers(m, x, 10, 5, exhaustive("IVF8,Flat")), answers(m, x, 10, 5, kExact));
+    EXPECT_EQ(answers(m, x, 10, 5, kExhaustive), answers(m, x, 10, 5, kExact));
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <unordered_map>
+#include <unordered_set>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -127,9 +128,9 @@ UnlearnReceipt remove_verified(Memory& mem, const std::vector<std::string>& ids,
     ++added;
   }
   r.sample_queries = static_cast<int64_t>(q.size()) / d;
-  std::vector<int64_t> removed_rows;
+  std::unordered_set<int64_t> removed_rows;
   for (const auto& id : ids)
-    if (auto it = mem.item(id)) removed_rows.push_back(it->row);
+    if (auto it = mem.item(id)) removed_rows.insert(it->row);
 
   auto t0 = std::chrono::steady_clock::now();
   r.removed = mem.remove(ids);
@@ -147,7 +148,7 @@ UnlearnReceipt remove_verified(Memory& mem, const std::vector<std::string>& ids,
   }
   // The approximate index (if any) holds no entry for a removed row.
   for (int64_t row : mem.index_rows())
-    if (std::find(removed_rows.begin(), removed_rows.end(), row) != removed_rows.end()) r.gone_from_index = false;
+    if (removed_rows.count(row)) r.gone_from_index = false;
   // Byte scan of every file the memory owns (catalog, WAL, vector files), in
   // chunks that overlap by one window less a byte, so no window is missed.
   r.no_bytes_left = true;
