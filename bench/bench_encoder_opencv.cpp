@@ -1,8 +1,10 @@
 // bench_encoder_opencv: MobileNet V1 embeddings per second, vismem vs OpenCV 4.6 DNN
 // running the same network (models/mnv1_embedder_fp32.onnx), same images, same threads.
 //
-// Usage: bench_encoder_opencv [--threads 2] [--images 64] [--reps 9] [--shared DIR]
+// Usage: bench_encoder_opencv [--threads 2] [--images 64] [--reps 9] [--shared DIR] [--int8]
 //        VISMEM_ISA=portable bench_encoder_opencv ...   (our kernels at a lower level)
+// --int8 also times vismem's opt-in int8 mode (Precision::int8) in the same
+// alternation, and prints its lowest cosine to the float32 embeddings.
 //
 // For batch 1 and batch 32 it prints medians of
 //   network only: ms per image for a ready [n,3,224,224] float input;
@@ -65,6 +67,20 @@ std::vector<std::string> jpegs(const std::string& dir, size_t limit) {
   return out;
 }
 
+// The lowest cosine between rows of a and b (n x d).
+double min_cosine(const std::vector<float>& a, const std::vector<float>& b, int n, int d) {
+  double lo = 1;
+  for (int i = 0; i < n; ++i) {
+    double ab = 0, aa = 0, bb = 0;
+    for (int j = 0; j < d; ++j) {
+      const double x = a[size_t(i) * d + j], y = b[size_t(i) * d + j];
+      ab += x * y, aa += x * x, bb += y * y;
+    }
+    lo = std::min(lo, ab / std::sqrt(aa * bb));
+  }
+  return lo;
+}
+
 // Decode + preprocess paths[b, b+n) into px on `threads` threads (vismem code for both sides).
 void load_pixels(const std::vector<std::string>& paths, size_t b, int n, const vismem::PreprocessConfig& pc,
                  float* px, int threads) {
@@ -93,9 +109,19 @@ struct OpenCvNet {
 
 int main(int argc, char** argv) {
   int threads = 2, images = 64, reps = 9;
+  bool int8 = false;
   std::string shared = "../shared";
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
     std::string a = argv[i];
+    if (a == "--int8") {
+      int8 = true;
+      --i;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s needs a value\n", a.c_str());
+      return 2;
+    }
     if (a == "--threads") threads = std::atoi(argv[i + 1]);
     else if (a == "--images") images = std::atoi(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
@@ -108,6 +134,7 @@ int main(int argc, char** argv) {
   try {
     const std::string model = shared + "/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite";
     auto ours = vismem::MobileNet::load(model);
+    auto ours8 = int8 ? vismem::MobileNet::load(model, vismem::Precision::int8) : nullptr;
     OpenCvNet theirs(shared + "/models/mnv1_embedder_fp32.onnx");
     cv::setNumThreads(threads);
     const vismem::PreprocessConfig pc = ours->preprocess();
@@ -125,16 +152,13 @@ int main(int argc, char** argv) {
     ours->forward(px.data(), 32, out_ours.data(), threads);
     std::vector<float> px_copy = px;
     theirs.forward(px_copy.data(), 32, out_cv.data());
-    double min_cos = 1;
-    for (int i = 0; i < 32; ++i) {
-      double ab = 0, aa = 0, bb = 0;
-      for (int j = 0; j < 1024; ++j) {
-        const double a = out_ours[i * 1024 + j], b = out_cv[i * 1024 + j];
-        ab += a * b, aa += a * a, bb += b * b;
-      }
-      min_cos = std::min(min_cos, ab / std::sqrt(aa * bb));
+    std::printf("min cosine vismem vs OpenCV over 32 images: %.7f\n", min_cosine(out_ours, out_cv, 32, 1024));
+    if (ours8) {
+      std::vector<float> out8(32 * 1024);
+      ours8->forward(px.data(), 32, out8.data(), threads);
+      std::printf("min cosine vismem int8 vs vismem float32 over 32 images: %.5f\n", min_cosine(out8, out_ours, 32, 1024));
     }
-    std::printf("min cosine vismem vs OpenCV over 32 images: %.7f\n\n", min_cos);
+    std::printf("\n");
 
     std::printf("%-34s %12s %12s %8s\n", "median", "vismem", "OpenCV", "ratio");
     for (int batch : {1, 32}) {
@@ -152,6 +176,26 @@ int main(int argc, char** argv) {
       }
       const double mo = median(t_ours), mc = median(t_cv);
       std::printf("network, batch %2d (ms/image)       %12.2f %12.2f %7.2fx\n", batch, mo, mc, mc / mo);
+      if (ours8) {
+        // int8 against both, in the same alternation (ours f32, OpenCV, ours int8).
+        std::vector<double> q_ours, q_cv, q_8;
+        for (int r = 0; r < reps; ++r) {
+          const size_t b = (static_cast<size_t>(r) * batch) % (32 - batch + 1);
+          auto t0 = Clock::now();
+          ours->forward(px.data() + b * img, batch, out_ours.data(), threads);
+          q_ours.push_back(ms_since(t0) / batch);
+          std::copy(px.begin() + b * img, px.begin() + (b + batch) * img, px_copy.begin());
+          t0 = Clock::now();
+          theirs.forward(px_copy.data(), batch, out_cv.data());
+          q_cv.push_back(ms_since(t0) / batch);
+          t0 = Clock::now();
+          ours8->forward(px.data() + b * img, batch, out_ours.data(), threads);
+          q_8.push_back(ms_since(t0) / batch);
+        }
+        const double m8 = median(q_8);
+        std::printf("network int8, batch %2d (ms/image)  %12.2f %12.2f %7.2fx   (int8 vs float32: %.2fx)\n", batch, m8,
+                    median(q_cv), median(q_cv) / m8, median(q_ours) / m8);
+      }
 
       // End to end: decode + preprocess + network, images/s.
       std::vector<double> r_ours, r_cv;

@@ -59,9 +59,12 @@ void add_image_commands(CLI::App& app) {
     std::vector<std::string> images;
     bool raw = false;
     int batch = 32, threads = 0;
+    std::string precision;
   };
   auto a = std::make_shared<A>();
   c->add_option("--model", a->model, "Encoder: .tflite file or HF checkpoint folder")->required();
+  c->add_option("--precision", a->precision, "f32 or int8 (default: VISMEM_PRECISION or f32)")
+      ->check(CLI::IsMember({"f32", "int8"}));
   c->add_option("images", a->images, "Image files (JPEG, PNG, WebP, BMP)");
   c->add_option("--input", a->input, "Ready inputs .npy instead of images: uint8 (N,H,W,3) or float32 (N,3,H,W)");
   c->add_flag("--raw", a->raw, "Write the model's own output, not L2-normalized");
@@ -69,7 +72,7 @@ void add_image_commands(CLI::App& app) {
   c->add_option("--batch", a->batch, "Images per encoder batch")->check(kBatchSize);
   c->add_option("--threads", a->threads, "Threads (default: all cores)")->check(kThreadCount);
   c->callback([a] {
-    auto enc = load_encoder(a->model);
+    auto enc = load_encoder(a->model, a->precision.empty() ? precision_from_env() : parse_precision(a->precision));
     EmbedOptions eo;
     eo.batch = a->batch;
     eo.threads = a->threads;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 
 #include "npy.h"
 #include "util_test.h"
@@ -98,4 +99,46 @@ TEST(CliEmbed, ImagesInArgumentOrderAndCorruptFileIsAnError) {
   r = run_cli("embed --model " + model + " " + bad + " --out " + t / "x.npy");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("bad.jpg"), std::string::npos) << r.err;
+}
+
+// --precision int8: `embed` runs the int8 GEMMs (close to, not equal to, f32);
+// `create` records the precision, so a later `add` of images uses it without
+// being told (a float encoder would fail the memory's fingerprint check).
+TEST(CliEmbed, Int8PrecisionIsRecordedAtCreate) {
+  TempDir t;
+  const std::string model = shared_dir() + "/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite";
+  const std::string a = shared_dir() + "/fixtures/preprocess/img1_240x321.jpg";
+  const std::string b = shared_dir() + "/fixtures/preprocess/img0_320x240.png";
+  auto r = run_cli("embed --model " + model + " " + a + " " + b + " --out " + t / "f.npy");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_cli("embed --model " + model + " --precision int8 " + a + " " + b + " --out " + t / "q.npy");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<float> f = read_npy(t / "f.npy").to_float(), q = read_npy(t / "q.npy").to_float();
+  ASSERT_EQ(q.size(), 2048u);
+  for (int i = 0; i < 2; ++i) {
+    double dot = 0;  // rows are L2-normalized
+    for (int j = 0; j < 1024; ++j) dot += double(f[i * 1024 + j]) * q[i * 1024 + j];
+    EXPECT_GT(dot, 0.99);
+    EXPECT_LT(dot, 1.0 - 1e-7);  // int8 really ran
+  }
+  EXPECT_NE(run_cli("embed --model " + model + " --precision int4 " + a + " --out " + t / "x.npy").exit_code, 0);
+
+  // A folder of two classes, added to an int8 memory with no precision given.
+  for (const char* cls : {"one", "two"}) std::filesystem::create_directories(t / (std::string("imgs/") + cls));
+  std::filesystem::copy_file(a, t / "imgs/one/a.jpg");
+  std::filesystem::copy_file(b, t / "imgs/two/b.png");
+  const std::string mem = t / "m.db";
+  r = run_cli("create " + mem + " --model " + model + " --precision int8");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_cli("info " + mem);
+  EXPECT_NE(r.out.find("precision   int8"), std::string::npos) << r.out;
+  r = run_cli("add " + mem + " " + t / "imgs");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_cli("classify " + mem + " " + a + " --k 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("one"), std::string::npos) << r.out;
+  // Without a model there is nothing to record.
+  r = run_cli("create " + (t / "n.db") + " --dim 8 --precision int8");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--precision needs --model"), std::string::npos) << r.err;
 }

@@ -220,6 +220,65 @@ TEST(MobileNet, V2ClassifiesTheFixturePhotosAsTheirObviousLabels) {
   });
 }
 
+// The opt-in int8 mode: the 1x1 convs as int8 GEMMs. Its embeddings stay close
+// to the float32 ones and to Arm NN's uint8 network; V2 keeps the float
+// model's top-1 labels (up to near ties); the fingerprint tells it apart.
+TEST(MobileNet, Int8StaysCloseToFloatAndKeepsTheLabels) {
+  std::vector<std::vector<float>> per_level;
+  for_each_isa([&] {
+    auto f32 = load_encoder(kV1);
+    auto i8 = load_encoder(kV1, Precision::int8);
+    EXPECT_EQ(i8->precision(), Precision::int8);
+    EXPECT_EQ(f32->precision(), Precision::f32);
+    EXPECT_EQ(i8->fingerprint(), f32->fingerprint() + "|int8");
+    const std::vector<float> px = fixture_pixels(*f32);
+    const int n = static_cast<int>(kPhotos.size());
+    std::vector<float> a(n * 1024), b(n * 1024), b1(1024);
+    f32->forward(px.data(), n, a.data(), 2);
+    i8->forward(px.data(), n, b.data(), 2);
+    i8->forward(px.data() + 3 * 224 * 224 * 4, 1, b1.data(), 1);  // batch and threads do not matter
+    for (int j = 0; j < 1024; ++j) ASSERT_NEAR(b1[j], b[4 * 1024 + j], 1e-4f);
+    double min_f32 = 1, min_arm = 1;
+    for (int i = 0; i < n; ++i) {
+      std::vector<float> arm = read_npy(kFixtures + kPhotos[i] + ".armnn_u8.npy").to_float();
+      for (float& v : arm) v *= kArmnnScale;
+      min_f32 = std::min(min_f32, cosine(a.data() + i * 1024, b.data() + i * 1024, 1024));
+      min_arm = std::min(min_arm, cosine(b.data() + i * 1024, arm.data(), 1024));
+    }
+    std::printf("[          ] V1 int8, %s kernels: min cosine %.5f vs float32, %.5f vs Arm NN uint8\n",
+                isa_name(cpu_isa()), min_f32, min_arm);
+    EXPECT_GE(min_f32, 0.99);
+    EXPECT_GE(min_arm, 0.99);
+    per_level.push_back(b);
+
+    auto v2 = MobileNet::load(kV2), v2q = MobileNet::load(kV2, Precision::int8);
+    EXPECT_NE(v2q->summary().find("int8"), std::string::npos);
+    EXPECT_EQ(v2->summary().find("int8"), std::string::npos);
+    const int c = v2->output_dim();
+    std::vector<float> p(n * c), q(n * c);
+    v2->run_full(px.data(), n, p.data(), 2);
+    v2q->run_full(px.data(), n, q.data(), 2);
+    // int8's top-1 is among float32's top 3 (near ties, e.g. two cat breeds, may swap).
+    int same = 0;
+    for (int i = 0; i < n; ++i) {
+      std::vector<int> order(c);
+      for (int k = 0; k < c; ++k) order[k] = k;
+      std::partial_sort(order.begin(), order.begin() + 3, order.end(),
+                        [&](int x, int y) { return p[i * c + x] > p[i * c + y]; });
+      const int top8 = static_cast<int>(std::max_element(q.begin() + i * c, q.begin() + (i + 1) * c) - q.begin()) - i * c;
+      EXPECT_TRUE(top8 == order[0] || top8 == order[1] || top8 == order[2]) << kPhotos[i];
+      same += top8 == order[0];
+    }
+    EXPECT_GE(same, n - 2);
+  });
+  // The int8 sums are exact at every level; the float layers around them round
+  // differently per level, so levels agree closely, not bit for bit.
+  for (size_t l = 1; l < per_level.size(); ++l)
+    for (size_t i = 0; i < kPhotos.size(); ++i)
+      EXPECT_GE(cosine(per_level[0].data() + i * 1024, per_level[l].data() + i * 1024, 1024), 0.9999);
+  EXPECT_THROW(load_encoder(kV1, parse_precision("int4")), Error);
+}
+
 // ---- the hand-built network vs a plain-loop reading of TFLite's operator definitions ----
 
 namespace {

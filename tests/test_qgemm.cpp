@@ -74,3 +74,33 @@ TEST(Qgemm, ColumnRangeWritesOnlyItsColumns) {
   vismem::qmatmul(1, zero.data(), k, q, 0, n, out.data(), n);
   for (float v : out) EXPECT_EQ(v, 0.0f);
 }
+
+// The fused epilogue (bias, then clamp) equals the plain product plus the bias,
+// clamped, and is the same float at every level.
+TEST(Qgemm, EpilogueAddsBiasThenClamps) {
+  IsaGuard guard;
+  const int64_t m = 11, n = 37, k = 45;
+  const std::vector<float> a = normal(size_t(m * k), 5), w = normal(size_t(n * k), 6), bias = normal(size_t(n), 7);
+  const vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);
+  std::vector<std::vector<float>> outs;
+  for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {
+    vismem::set_isa(vismem::Isa(level));
+    std::vector<float> plain(size_t(m * n)), fused(size_t(m * n), -9.0f);
+    vismem::qmatmul(m, a.data(), k, q, 0, n, plain.data(), n);
+    vismem::QuantEpilogue epi;
+    epi.bias = bias.data();
+    epi.lo = 0.0f;
+    epi.hi = 6.0f;
+    vismem::qmatmul(m, a.data(), k, q, 8, n, fused.data(), n, epi);  // columns [8, n): a tail block
+    int clamped = 0;
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        const float want = j < 8 ? -9.0f : std::min(std::max(plain[i * n + j] + bias[j], 0.0f), 6.0f);
+        EXPECT_EQ(fused[i * n + j], want) << vismem::isa_name(vismem::Isa(level)) << " " << i << "," << j;
+        clamped += j >= 8 && (want == 0.0f || want == 6.0f);
+      }
+    EXPECT_GT(clamped, 10);  // the clamp was exercised on both ends' side
+    outs.push_back(fused);
+  }
+  for (size_t l = 1; l < outs.size(); ++l) EXPECT_EQ(outs[l], outs[0]);
+}

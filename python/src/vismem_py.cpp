@@ -452,11 +452,16 @@ class PyEncoder {
   std::string path_;
 };
 
-PyEncoder load_encoder_at(const std::string& path) {
+// precision: "f32" / "int8"; None: VISMEM_PRECISION (default f32).
+Precision precision_arg(const std::optional<std::string>& precision) {
+  return precision ? parse_precision(*precision) : precision_from_env();
+}
+
+PyEncoder load_encoder_at(const std::string& path, Precision precision) {
   std::shared_ptr<Encoder> e;
   {
     py::gil_scoped_release nogil;
-    e = file_op(path, [&] { return std::shared_ptr<Encoder>(load_encoder(path)); });
+    e = file_op(path, [&] { return std::shared_ptr<Encoder>(load_encoder(path, precision)); });
   }
   return PyEncoder(std::move(e), path);
 }
@@ -590,21 +595,25 @@ when the memory does not exist); messages are the CLI's.
       .def_static(
           "create",
           [](const std::filesystem::path& path, std::optional<int> dim, std::optional<std::filesystem::path> model,
-             std::optional<std::string> model_id, std::optional<std::string> index, int64_t index_fold_rows) {
+             std::optional<std::string> model_id, std::optional<std::string> index, int64_t index_fold_rows,
+             std::optional<std::string> precision) {
             Memory::CreateOptions o;
             o.dim = dim.value_or(0);
             o.model_id = model_id.value_or("");
             o.index = index.value_or("");
             o.index_fold_rows = index_fold_rows;
             if (model) {
-              PyEncoder enc = load_encoder_at(model->string());
+              PyEncoder enc = load_encoder_at(model->string(), precision_arg(precision));
               if (dim && *dim != enc.get().dim())
                 throw Error("dim " + std::to_string(*dim) + " but the model makes " + std::to_string(enc.get().dim()) +
                             "-d embeddings");
               o.dim = enc.get().dim();
               o.fingerprint = enc.get().fingerprint();
               o.model_path = std::filesystem::absolute(*model).string();
+              o.model_precision = precision_name(enc.get().precision());
               if (o.model_id.empty()) o.model_id = enc.get().name();
+            } else if (precision) {
+              throw Error("precision needs model (embeddings from anywhere carry no precision)");
             } else if (o.dim <= 0) {
               throw Error("give dim=D (embeddings from anywhere) or model=PATH (an encoder)");
             }
@@ -617,7 +626,7 @@ when the memory does not exist); messages are the CLI's.
             }
           },
           "path"_a, "dim"_a = py::none(), "model"_a = py::none(), "model_id"_a = py::none(), "index"_a = py::none(),
-          "index_fold_rows"_a = 0,
+          "index_fold_rows"_a = 0, "precision"_a = py::none(),
           R"doc(
 Creates an empty memory file.
 
@@ -630,6 +639,9 @@ index:    approximate search: a FAISS index-factory string ("IVF1024,PQ64", "HNS
           None/"Flat": exact only). Built (trained on a sample) once the memory is
           large enough; answers carry exact distances (candidates are re-scored).
 index_fold_rows: rows added past the index before they are folded in (0: 65536).
+precision: the encoder's arithmetic, "f32" or "int8" (int8 GEMMs: faster, embeddings
+          within cosine ~0.998 of float32), recorded so later adds and queries use it
+          (None: VISMEM_PRECISION, default "f32"). Needs model.
 Raises ValueError without dim or model, or when they disagree; OSError when the
 file exists or cannot be written, or the model cannot be loaded.
 )doc")
@@ -665,7 +677,7 @@ file exists or cannot be written, or the model cannot be loaded.
           "info", [](PyMemory& self) { return to_python(self.read([](Memory& m) { return memory_info_json(m.info()); })); },
           R"doc(
 The memory's description, the dict `vismem info --json` prints: path, dim, items,
-labels (count), model_id, fingerprint, model_path, format_version, created_at,
+labels (count), model_id, fingerprint, model_path, model_precision, format_version, created_at,
 updated_at, generation (bumped by every write), pruning_mode, pruning_threshold,
 counts_k, counts_stale, counts_computed, and "ood" when a threshold was fitted.
 )doc")
@@ -1014,12 +1026,13 @@ Returns {"k", "recomputed", "ids" (insertion order), "wrong" int64 (n,), "correc
           "encoder",
           [](PyMemory& self, std::optional<std::filesystem::path> model) {
             // As the CLI: the memory's recorded model (or the one given), checked against its fingerprint.
-            auto [path, dim, mem_path] = self.read([&](Memory& m) {
-              return std::make_tuple(model ? model->string() : m.info().model_path, m.dim(), m.path());
+            auto [path, dim, mem_path, recorded] = self.read([&](Memory& m) {
+              const MemoryInfo info = m.info();
+              return std::make_tuple(model ? model->string() : info.model_path, m.dim(), m.path(), info.model_precision);
             });
             if (path.empty())
               throw Error(mem_path + " is not bound to a model: create it with --model, or pass --model PATH");
-            PyEncoder enc = load_encoder_at(path);
+            PyEncoder enc = load_encoder_at(path, recorded_precision(recorded));
             self.read([&](Memory& m) {
               m.check_fingerprint(enc.get().fingerprint(), "model " + path);
               return 0;
@@ -1047,6 +1060,8 @@ vismem.load_encoder. Read-only after loading; embed() may run from several threa
       .def_property_readonly("preprocess", [](const PyEncoder& e) { return e.get().preprocess().describe(); },
                              "the preprocessing, as text (resize, crop, mean, std)")
       .def_property_readonly("path", &PyEncoder::path, "where it was loaded from")
+      .def_property_readonly("precision", [](const PyEncoder& e) { return std::string(precision_name(e.get().precision())); },
+                             "'f32' or 'int8' (int8 GEMMs)")
       .def("__repr__", [](const PyEncoder& e) {
         return "<vismem.Encoder " + e.get().name() + " (" + std::to_string(e.get().dim()) + "-d) from " + e.path() + ">";
       })
@@ -1065,11 +1080,19 @@ message lists every such file; FileNotFoundError for one missing file),
 ValueError for an array of the wrong shape or dtype. The GIL is released.
 )doc");
 
-  m.def("load_encoder", [](const std::filesystem::path& path) { return load_encoder_at(path.string()); }, "path"_a,
-        R"doc(
+  m.def(
+      "load_encoder",
+      [](const std::filesystem::path& path, std::optional<std::string> precision) {
+        return load_encoder_at(path.string(), precision_arg(precision));
+      },
+      "path"_a, "precision"_a = py::none(),
+      R"doc(
 Loads an encoder: a .tflite file (MobileNet V1 embedder, MobileNet V2) or a Hugging Face
 checkpoint folder (config.json + model.safetensors) of DINOv2 or CLIP.
-Raises FileNotFoundError / OSError when it is missing or not a model vismem reads.
+precision: "f32" or "int8" (the big matrix products as int8 GEMMs; its fingerprint
+then ends in "|int8"); None: VISMEM_PRECISION, default "f32".
+Raises FileNotFoundError / OSError when it is missing or not a model vismem reads,
+ValueError for another precision.
 )doc");
 
   m.def(

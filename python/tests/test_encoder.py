@@ -113,3 +113,24 @@ def test_end_to_end_images_equal_cli(tmp_path, enc):
     other = SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite"
     with pytest.raises(ValueError, match="different model"):
         mem.encoder(other)
+
+
+def test_int8_precision_matches_cli_and_is_recorded(tmp_path, enc):
+    paths = [p for p, _ in images("val", 1)]
+    q = vismem.load_encoder(MODEL, precision="int8")
+    assert (q.precision, enc.precision) == ("int8", "f32")
+    assert q.fingerprint == enc.fingerprint + "|int8"
+    run_cli("embed", "--model", MODEL, "--precision", "int8", *paths, "--out", tmp_path / "q.npy")
+    x = q.embed(paths)
+    np.testing.assert_array_equal(x, np.load(tmp_path / "q.npy"))
+    cos = (x * enc.embed(paths)).sum(axis=1)
+    assert cos.min() > 0.99 and cos.max() < 1.0
+    with pytest.raises(ValueError, match="int4"):
+        vismem.load_encoder(MODEL, precision="int4")
+    # The memory records it: its encoder() is the int8 one, and a CLI add of
+    # images (no precision given) passes the fingerprint check.
+    m = vismem.Memory.create(tmp_path / "m.db", model=MODEL, precision="int8")
+    assert m.info["model_precision"] == "int8"
+    assert m.encoder().precision == "int8"
+    with pytest.raises(ValueError, match="needs model"):
+        vismem.Memory.create(tmp_path / "n.db", dim=8, precision="int8")

@@ -50,6 +50,8 @@ class Encoder:
     def preprocess(self) -> str: ...
     @property
     def path(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
     def embed(self, inputs: Union[_Path, Sequence[_Path], npt.NDArray[Any]], batch: int = 32, threads: int = 0,
               normalize: bool = True) -> npt.NDArray[np.float32]:
         """float32 (N, dim) embeddings of image files, uint8 (N,S,S,3) RGB or float (N,3,H,W) pixels."""
@@ -58,8 +60,10 @@ class Memory:
     """A visual memory file: (id, label, embedding) items and an exact index."""
     @staticmethod
     def create(path: _Path, dim: Optional[int] = None, model: Optional[_Path] = None,
-               model_id: Optional[str] = None, index: Optional[str] = None, index_fold_rows: int = 0) -> Memory:
-        """Creates an empty memory (dim=D, or model=PATH to bind an encoder; index="IVF1024,PQ64" for approximate search)."""
+               model_id: Optional[str] = None, index: Optional[str] = None, index_fold_rows: int = 0,
+               precision: Optional[str] = None) -> Memory:
+        """Creates an empty memory (dim=D, or model=PATH to bind an encoder, precision="int8" for int8 GEMMs;
+        index="IVF1024,PQ64" for approximate search)."""
     @staticmethod
     def open(path: _Path) -> Memory:
         """Opens a memory file."""
@@ -115,7 +119,7 @@ class Memory:
     def encoder(self, model: Optional[_Path] = None) -> Encoder:
         """The encoder the memory is bound to."""
 
-def load_encoder(path: _Path) -> Encoder: ...
+def load_encoder(path: _Path, precision: Optional[str] = None) -> Encoder: ...
 def scan_image_folder(dir: _Path) -> List[Tuple[str, str, str]]: ...
 def blas_core() -> str: ...
 def _vote_codes(codes: Any, distances: Any, rule: str, excluded: Any = None, reliability: Any = None,

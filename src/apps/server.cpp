@@ -44,6 +44,7 @@ nlohmann::json memory_info_json(const MemoryInfo& i) {
                       {"model_id", i.model_id},
                       {"fingerprint", i.fingerprint},
                       {"model_path", i.model_path},
+                      {"model_precision", i.model_precision},
                       {"format_version", i.format_version},
                       {"created_at", i.created_at},
                       {"updated_at", i.updated_at},
@@ -510,7 +511,7 @@ struct Server::Impl {
       MemoryInfo info = mem.info();
       std::string path = opt.model.empty() ? info.model_path : opt.model;
       if (path.empty()) throw HttpError(400, "this memory is not bound to a model: send embeddings, not images");
-      auto enc = load_encoder(path);
+      auto enc = load_encoder(path, recorded_precision(info.model_precision));
       mem.check_fingerprint(enc->fingerprint(), "model " + path);
       if (enc->dim() != mem.dim()) throw Error("model " + path + " does not match the memory's dimension");
       encoder = std::move(enc);

@@ -7,6 +7,12 @@
 //   std::vector<float> out(n * enc->dim());
 //   enc->forward(px.data(), n, out.data());   // raw model output, not normalized
 //
+// Precision: encoders run in float32 unless asked for int8 (load_encoder(path,
+// Precision::int8), `vismem create --precision int8`, or VISMEM_PRECISION=int8):
+// the big matrix products then run as int8 GEMMs (qgemm.h: 8-bit weights per
+// output channel, 7-bit activations per row at run time) and fingerprint() gains
+// "|int8", so a memory never mixes int8 and float32 embeddings.
+//
 // Thread safety: an Encoder is read-only after loading (its weights are shared);
 // forward() may run concurrently from several threads, each call allocating
 // its own scratch.
@@ -17,6 +23,17 @@
 #include "preprocess.h"
 
 namespace vismem {
+
+// Arithmetic of an encoder's matrix products (see the top of this file).
+enum class Precision { f32, int8 };
+// "f32" or "int8"; anything else throws vismem::Error naming `what`.
+Precision parse_precision(const std::string& s, const std::string& what = "precision");
+const char* precision_name(Precision p);
+// VISMEM_PRECISION (f32 when unset); a bad value throws vismem::Error.
+Precision precision_from_env();
+// The precision a memory recorded at create ("f32" / "int8"), or, for a memory
+// that recorded none (made before vismem recorded it), precision_from_env().
+Precision recorded_precision(const std::string& recorded);
 
 class Encoder {
  public:
@@ -36,10 +53,13 @@ class Encoder {
   // own size (MobileNet) throw vismem::Error for any other; ViTs interpolate
   // their position embeddings as HF does.
   virtual void forward_size(const float* pixels, int n, int h, int w, float* out, int threads = 0) const;
+  virtual Precision precision() const { return Precision::f32; }
 };
 
 // Loads by path: a .tflite file (MobileNet V1/V2), or a folder with config.json +
 // model.safetensors (DINOv2 / CLIP). Throws vismem::Error on anything else.
+std::unique_ptr<Encoder> load_encoder(const std::string& path, Precision precision);
+// The same at precision_from_env().
 std::unique_ptr<Encoder> load_encoder(const std::string& path);
 
 }  // namespace vismem

@@ -14,6 +14,7 @@
 #include "hash.h"
 #include "linalg.h"
 #include "preprocess.h"
+#include "qgemm.h"
 #include "team.h"
 #include "tflite.h"
 
@@ -55,6 +56,7 @@ struct Layer {
   std::string weight_name, bias_name;                  // the checkpoint tensors the weights came from
   std::vector<float> w;  // conv: [O][kh][kw][I] (the file's layout, = O x K for im2col); depthwise: [kh][kw][C]
   std::vector<float> b;  // [O]
+  QuantizedMatrix q;     // the int8 copy of w (1x1 convs of an int8 model); empty otherwise
 
   bool pointwise() const { return kind == Kind::conv && kh == 1 && kw == 1 && sh == 1 && sw == 1; }
   int64_t k() const { return int64_t{kh} * kw * in.c; }  // im2col row length
@@ -89,6 +91,7 @@ struct Scratch {
 struct MobileNet::Impl {
   // Config
   std::string path, sha256, name;
+  Precision precision = Precision::f32;
   int input_size = 224;
   PreprocessConfig pre;
   std::vector<Shape> values;               // value id -> shape; value 0 is the input image
@@ -585,17 +588,21 @@ void run_batch(const MobileNet::Impl& net, const Plan& p, const float* pixels, i
 MobileNet::MobileNet(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 MobileNet::~MobileNet() = default;
 
-std::unique_ptr<MobileNet> MobileNet::load(const std::string& path) {
+std::unique_ptr<MobileNet> MobileNet::load(const std::string& path, Precision precision) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error("cannot open model " + path);
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   if (f.bad()) throw Error("cannot read model " + path);
-  return load(std::move(bytes), path);
+  return load(std::move(bytes), path, precision);
 }
 
-std::unique_ptr<MobileNet> MobileNet::load(std::vector<uint8_t> bytes, const std::string& path) {
+std::unique_ptr<MobileNet> MobileNet::load(std::vector<uint8_t> bytes, const std::string& path, Precision precision) {
   const tfl::Model m = tfl::parse_model(std::move(bytes), path);
   std::unique_ptr<Impl> impl = build(m);
+  impl->precision = precision;
+  if (precision == Precision::int8)
+    for (Layer& L : impl->layers)
+      if (L.pointwise()) L.q = quantize_rows(L.w.data(), L.out_shape.c, L.in.c);  // w: [co, ci]
   impl->path = path;
   impl->sha256 = sha256_hex(m.bytes.data(), m.bytes.size());
   impl->pre = PreprocessConfig::mobilenet();
@@ -608,7 +615,11 @@ std::string MobileNet::name() const { return impl_->name; }
 int MobileNet::dim() const { return static_cast<int>(impl_->values[impl_->embed.out_value].size()); }
 int MobileNet::input_size() const { return impl_->input_size; }
 const PreprocessConfig& MobileNet::preprocess() const { return impl_->pre; }
-std::string MobileNet::fingerprint() const { return impl_->sha256 + "|" + impl_->pre.describe(); }
+std::string MobileNet::fingerprint() const {
+  // int8 embeddings differ from float ones: a memory must not mix them.
+  return impl_->sha256 + "|" + impl_->pre.describe() + (impl_->precision == Precision::int8 ? "|int8" : "");
+}
+Precision MobileNet::precision() const { return impl_->precision; }
 int MobileNet::output_dim() const { return static_cast<int>(impl_->values[impl_->full.out_value].size()); }
 const std::string& MobileNet::embedding_tensor() const { return impl_->value_names[impl_->embed.out_value]; }
 const std::string& MobileNet::output_tensor() const { return impl_->value_names[impl_->full.out_value]; }
@@ -633,6 +644,7 @@ std::string MobileNet::summary() const {
     }
     s.append(" ").append(L.in.str()).append(" -> ").append(L.out_shape.str());
     if (L.hi == 6) s += " relu6";
+    if (!L.q.empty()) s += " int8";
     s += "\n";
   }
   return s;

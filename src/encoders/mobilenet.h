@@ -18,6 +18,11 @@
 // Operators: CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, ADD, SOFTMAX,
 // RESHAPE / SQUEEZE / QUANTIZE / DEQUANTIZE (as copies); fused NONE / RELU /
 // RELU6 / RELU_N1_TO_1. Anything else throws vismem::Error at load.
+// int8 (load(path, Precision::int8)): the 1x1 convs (~95% of V1's multiply-adds)
+// run as int8 GEMMs (qgemm.h: the weights re-quantized to 8 bits per output
+// channel, activations to 7 bits per pixel at run time, bias and ReLU6 fused into
+// the epilogue); the first 3x3 conv, the depthwise convs and the pooling stay
+// float32. fingerprint() then ends in "|int8".
 // Kernels: per vector ISA level (portable, AVX2, AVX-512; mobilenet_kernels.inl),
 // chosen at run time by cpu_isa(); the 1x1 and im2col convs are OpenBLAS
 // sgemm, which picks its own kernels by CPU.
@@ -38,16 +43,18 @@ class MobileNet final : public Encoder {
  public:
   // Reads, validates and dequantizes a .tflite file. Throws vismem::Error on a
   // corrupt or unsupported model.
-  static std::unique_ptr<MobileNet> load(const std::string& path);
+  static std::unique_ptr<MobileNet> load(const std::string& path, Precision precision = Precision::f32);
   // The same from the file's bytes; name is used in messages and as path.
-  static std::unique_ptr<MobileNet> load(std::vector<uint8_t> bytes, const std::string& name);
+  static std::unique_ptr<MobileNet> load(std::vector<uint8_t> bytes, const std::string& name,
+                                         Precision precision = Precision::f32);
   ~MobileNet() override;
 
   std::string name() const override;  // "mobilenet_v2" if the graph has residual ADDs, else "mobilenet_v1"
   int dim() const override;           // channels of the pooled embedding
   int input_size() const override;    // the model's input height (224)
   const PreprocessConfig& preprocess() const override;  // PreprocessConfig::mobilenet(), crop = input_size()
-  std::string fingerprint() const override;             // sha256 of the file + "|" + preprocess().describe()
+  std::string fingerprint() const override;             // sha256 of the file + "|" + preprocess().describe() (+ "|int8")
+  Precision precision() const override;
   // pixels: n x 3 x S x S CHW; out: n x dim(). threads: 0 = default_threads().
   void forward(const float* pixels, int n, float* out, int threads = 0) const override;
 

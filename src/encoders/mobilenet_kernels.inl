@@ -7,7 +7,7 @@
 // sets the vector width; the loops the compiler vectorizes itself pick up the
 // level's instructions from the pragma.
 //
-// Needs, from the including file: Layer, matmul() (linalg.h), <algorithm>,
+// Needs, from the including file: Layer, matmul() (linalg.h), qmatmul() (qgemm.h), <algorithm>,
 // <cstring>, <limits>.
 #if !defined(VISMEM_MN_LEVEL)
 #error "mobilenet_kernels.inl is included by mobilenet.cpp with VISMEM_MN_LEVEL set"
@@ -35,6 +35,14 @@ void clamp_rows(float* __restrict o, int64_t rows, int cols, int64_t ld, float l
 void conv_pointwise(const Layer& L, const float* in, float* out, int64_t p0, int64_t p1, int n0, int n1) {
   const int ci = L.in.c, co = L.out_shape.c;
   // in: [pixels, ci]; w: [co, ci]; out: [pixels, co]
+  if (!L.q.empty()) {  // int8: bias and the fused activation in qmatmul's epilogue (n0 is a multiple of 16)
+    QuantEpilogue epi;
+    epi.bias = L.b.data();
+    epi.lo = L.lo;
+    epi.hi = L.hi;
+    qmatmul(p1 - p0, in + p0 * ci, ci, L.q, n0, n1, out + p0 * co, co, epi);
+    return;
+  }
   fill_bias(out + p0 * co + n0, p1 - p0, n1 - n0, co, L.b.data() + n0);
   matmul(p1 - p0, n1 - n0, ci, in + p0 * ci, ci, L.w.data() + int64_t{n0} * ci, ci, out + p0 * co + n0, co,
          /*b_transposed=*/true, 1.0f, /*beta=*/1.0f);

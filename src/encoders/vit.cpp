@@ -857,6 +857,7 @@ class VitEncoder final : public Encoder {
   void forward_size(const float* pixels, int n, int h, int w, float* out, int threads) const override {
     vit_embed(m_, pixels, n, h, w, out, threads);
   }
+  Precision precision() const override { return m_.precision; }
 
  private:
   VitModel m_;
@@ -869,14 +870,12 @@ class VitEncoder final : public Encoder {
 
 std::unique_ptr<Encoder> make_vit_encoder(VitModel model) { return std::make_unique<VitEncoder>(std::move(model)); }
 
-std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir) {
+std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir, Precision precision) {
   VitModel m = load_vit_model(dir);
-  const char* env = std::getenv("VISMEM_PRECISION");
-  const std::string precision = env ? env : "";
-  if (precision == "int8") return make_vit_encoder(quantize_vit_model(std::move(m)));
-  if (!precision.empty() && precision != "f32")
-    throw Error("VISMEM_PRECISION=" + precision + ": expected f32 or int8");
+  if (precision == Precision::int8) return make_vit_encoder(quantize_vit_model(std::move(m)));
   return make_vit_encoder(std::move(m));
 }
+
+std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir) { return load_vit_encoder(dir, precision_from_env()); }
 
 }  // namespace vismem

@@ -100,7 +100,7 @@ struct VitWeights {
 // f32: float32 throughout. int8: the four linear layers of every block run as
 // int8 GEMMs (qgemm.h: weights per output channel, activations per row at run
 // time); attention, norms, the patch embedding and the activations stay float.
-enum class VitPrecision { f32, int8 };
+using VitPrecision = Precision;
 
 struct VitModel {
   VitConfig config;
@@ -151,8 +151,9 @@ void resize_bicubic(const float* in, int ih, int iw, int c, float* out, int oh, 
 // DINOv2 224 (PreprocessConfig::dinov2()), CLIP the config's image_size
 // (PreprocessConfig::clip() with crop and resize set to it). fingerprint():
 // sha256 over the weight files, config.json and preprocess().describe(), and
-// "int8" in the int8 mode. load_vit_encoder runs the int8 mode when the
-// environment says VISMEM_PRECISION=int8 (default f32; anything else throws).
+// "int8" in the int8 mode (quantize_vit_model). The one-argument load_vit_encoder
+// takes the precision from precision_from_env() (VISMEM_PRECISION).
+std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir, Precision precision);
 std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir);
 std::unique_ptr<Encoder> make_vit_encoder(VitModel model);
 

@@ -1014,6 +1014,7 @@ Memory Memory::create(const std::string& path, const CreateOptions& opt) {
              {"model_id", opt.model_id},
              {"fingerprint", opt.fingerprint},
              {"model_path", opt.model_path},
+             {"model_precision", opt.model_precision},
              {"created_at", now},
              {"updated_at", now},
              {"generation", "0"},
@@ -1222,6 +1223,7 @@ MemoryInfo Memory::info() const {
   i.model_id = get("model_id", "");
   i.fingerprint = get("fingerprint", "");
   i.model_path = get("model_path", "");
+  i.model_precision = get("model_precision", "");
   i.format_version = std::stoi(get("format_version", "0"));
   i.f16 = I.f16;
   i.rows = std::stoll(get("rows", "0"));

@@ -65,6 +65,7 @@ struct MemoryInfo {
   std::string model_id;
   std::string fingerprint;
   std::string model_path;
+  std::string model_precision;    // "f32" / "int8" as recorded at create ("" before vismem recorded it)
   int format_version = 0;
   bool f16 = false;               // a float16 copy of the vectors is kept (mem.db.f16)
   int64_t rows = 0;               // rows in the vector files (items + removed rows not yet compacted)
@@ -132,6 +133,7 @@ class Memory {
     std::string model_id;      // free text, e.g. the encoder name
     std::string fingerprint;   // encoder fingerprint; empty = embeddings from anywhere
     std::string model_path;    // where the encoder was loaded from (a hint for later adds)
+    std::string model_precision;  // the encoder's precision ("f32" / "int8"; with model_path)
     bool f16 = false;          // keep a float16 copy: small batches scan half the bytes (same results)
     // Approximate search: a FAISS index-factory string ("IVF1024,PQ64",
     // "HNSW32", "IVF4096,SQ8"; "" or "Flat": exact search only). The index is

@@ -1,16 +1,16 @@
 // qgemm.h: int8 matrix products for the encoders' opt-in int8 mode: weights
-// quantized once per output channel (symmetric, 7 bits), activations per row
-// at each call (dynamic, asymmetric u8), products summed exactly in int32,
-// then scaled back.
+// quantized once per output channel (symmetric, 8 bits), activations per row
+// at each call (dynamic, asymmetric, 7 bits), products summed exactly in int32,
+// then scaled back (plus an optional fused bias and clamp).
 //
 // Basic usage:
 //   vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);   // W [n, k] (PyTorch layout)
 //   vismem::qmatmul(m, a, k, q, 0, n, c, n);    // C[m, 0:n] ~= A[m, k] W^T
 //
-// Error: weights are rounded to 1/126 of their row's max |w|, activations to
-// 1/255 of their row's range (errors average out over k); tests/test_qgemm.cpp
+// Error: weights are rounded to 1/254 of their row's max |w|, activations to
+// 1/127 of their row's range (errors average out over k); tests/test_qgemm.cpp
 // holds the product to the float one. Kernels: AVX2 (vpmaddubsw, whose int16
-// pair sums cannot saturate with 7-bit weights), chosen by cpu_isa(); the
+// pair sums cannot saturate with 7-bit activations), chosen by cpu_isa(); the
 // AVX-512 level uses the AVX2 kernel; portable is plain C++. Results are
 // identical at every level (exact int32 sums, the same float epilogue).
 // Thread safety: a QuantizedMatrix is read-only after quantize_rows; qmatmul
@@ -33,9 +33,16 @@ struct QuantizedMatrix {
 // Quantizes W [n, k] (row j = output channel j). n is padded to a multiple of 8 with zero rows.
 QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k);
 
-// C[r, c] = sum_k A[r, k] W[c, k] for rows [0, m) and output columns [c0, c1)
-// (c0 a multiple of 8). A is quantized per row inside the call.
+// What qmatmul applies to each output before storing it: + bias[c] (bias may
+// be null), then clamp to [lo, hi] (a fused ReLU / ReLU6; the defaults clamp nothing).
+struct QuantEpilogue {
+  const float* bias = nullptr;  // [w.n], indexed by absolute output column
+  float lo = -3.4028235e38f, hi = 3.4028235e38f;
+};
+
+// C[r, c] = clamp(sum_k A[r, k] W[c, k] + bias[c]) for rows [0, m) and output
+// columns [c0, c1) (c0 a multiple of 8). A is quantized per row inside the call.
 void qmatmul(int64_t m, const float* a, int64_t lda, const QuantizedMatrix& w, int64_t c0, int64_t c1, float* c,
-             int64_t ldc);
+             int64_t ldc, const QuantEpilogue& epi = {});
 
 }  // namespace vismem
