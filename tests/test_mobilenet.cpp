@@ -236,8 +236,11 @@ TEST(MobileNet, Int8StaysCloseToFloatAndKeepsTheLabels) {
     std::vector<float> a(n * 1024), b(n * 1024), b1(1024);
     f32->forward(px.data(), n, a.data(), 2);
     i8->forward(px.data(), n, b.data(), 2);
-    i8->forward(px.data() + 3 * 224 * 224 * 4, 1, b1.data(), 1);  // batch and threads do not matter
-    for (int j = 0; j < 1024; ++j) ASSERT_NEAR(b1[j], b[4 * 1024 + j], 1e-4f);
+    // Batch and threads move the result only within int8's own noise: the float
+    // layers' last-bit differences between splits can flip a rounding of the
+    // dynamic quantization (float32 itself agrees to 1e-4 across splits).
+    i8->forward(px.data() + 3 * 224 * 224 * 4, 1, b1.data(), 1);
+    EXPECT_GT(cosine(b1.data(), b.data() + 4 * 1024, 1024), 0.9995);
     double min_f32 = 1, min_arm = 1;
     for (int i = 0; i < n; ++i) {
       std::vector<float> arm = read_npy(kFixtures + kPhotos[i] + ".armnn_u8.npy").to_float();
@@ -247,8 +250,8 @@ TEST(MobileNet, Int8StaysCloseToFloatAndKeepsTheLabels) {
     }
     std::printf("[          ] V1 int8, %s kernels: min cosine %.5f vs float32, %.5f vs Arm NN uint8\n",
                 isa_name(cpu_isa()), min_f32, min_arm);
-    EXPECT_GE(min_f32, 0.99);
-    EXPECT_GE(min_arm, 0.99);
+    EXPECT_GE(min_f32, 0.999);
+    EXPECT_GE(min_arm, 0.998);
     per_level.push_back(b);
 
     auto v2 = MobileNet::load(kV2), v2q = MobileNet::load(kV2, Precision::int8);

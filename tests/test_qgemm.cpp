@@ -104,3 +104,36 @@ TEST(Qgemm, EpilogueAddsBiasThenClamps) {
   }
   for (size_t l = 1; l < outs.size(); ++l) EXPECT_EQ(outs[l], outs[0]);
 }
+
+// Weights that are integer multiples of a grid (a uint8 model's (q - zp) * scale)
+// are kept exactly when the multiples fit in [-127, 127]: the product then
+// equals the float one up to the activations' rounding alone; other rows fall
+// back to their own max / 127 (the same as without a grid).
+TEST(Qgemm, WeightsOnAGridStayExact) {
+  const int64_t n = 16, k = 64;
+  std::mt19937 rng(8);
+  std::uniform_int_distribution<int> code(-127, 127);
+  std::vector<float> w(static_cast<size_t>(n * k)), grid(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    grid[j] = 0.01f * float(j + 1);
+    const int reach = j == 3 ? 2 : 1;  // row 3's codes run to +-254: not representable
+    for (int64_t i = 0; i < k; ++i) w[j * k + i] = float(code(rng) * reach) * grid[j];
+  }
+  const vismem::QuantizedMatrix exact = vismem::quantize_rows(w.data(), n, k, grid.data());
+  for (int64_t j = 0; j < n; ++j) {
+    if (j == 3) {
+      EXPECT_NE(exact.scale[j], grid[j]);
+      continue;
+    }
+    EXPECT_EQ(exact.scale[j], grid[j]) << j;
+  }
+  // One activation row that 7 bits hold exactly (integers 0..127): the product is exact.
+  std::vector<float> a(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) a[i] = float(i * 2 % 128);
+  a[0] = 127.0f;  // range [0, 127]: the activation scale is exactly 1
+  std::vector<float> c(static_cast<size_t>(n)), ref(static_cast<size_t>(n));
+  vismem::qmatmul(1, a.data(), k, exact, 0, n, c.data(), n);
+  vismem::matmul(1, n, k, a.data(), k, w.data(), k, ref.data(), n, true);
+  for (int64_t j = 0; j < n; ++j)
+    if (j != 3) EXPECT_NEAR(c[j], ref[j], 1e-4 * std::fabs(ref[j]) + 1e-4) << j;
+}

@@ -56,6 +56,7 @@ struct Layer {
   std::string weight_name, bias_name;                  // the checkpoint tensors the weights came from
   std::vector<float> w;  // conv: [O][kh][kw][I] (the file's layout, = O x K for im2col); depthwise: [kh][kw][C]
   std::vector<float> b;  // [O]
+  std::vector<float> w_grid;  // conv: [O] the file's weight scale per output channel (w is an integer multiple of it)
   QuantizedMatrix q;     // the int8 copy of w (1x1 convs of an int8 model); empty otherwise
 
   bool pointwise() const { return kind == Kind::conv && kh == 1 && kw == 1 && sh == 1 && sw == 1; }
@@ -324,6 +325,11 @@ std::unique_ptr<MobileNet::Impl> build(const tfl::Model& m) {
         int ow = out_extent(m, i, L.in.w, L.kw, L.sw, L.dw, op.padding, &L.pad_left);
         L.out_shape = {oh, ow, out_c};
         L.w = tfl::dequantize(m, op.inputs[1]);
+        if (const auto& wq = m.tensors[op.inputs[1]].quant; !dw && !wq.scale.empty() &&
+                                                           (wq.scale.size() == 1 || wq.quantized_dimension == 0)) {
+          L.w_grid.resize(out_c);
+          for (int o = 0; o < out_c; ++o) L.w_grid[o] = wq.scale[wq.scale.size() == 1 ? 0 : std::min<size_t>(o, wq.scale.size() - 1)];
+        }
         L.b = read_bias(m, i, 2, out_c, L);
         set_activation(m, i, op.activation, L);
         break;
@@ -602,7 +608,10 @@ std::unique_ptr<MobileNet> MobileNet::load(std::vector<uint8_t> bytes, const std
   impl->precision = precision;
   if (precision == Precision::int8)
     for (Layer& L : impl->layers)
-      if (L.pointwise()) L.q = quantize_rows(L.w.data(), L.out_shape.c, L.in.c);  // w: [co, ci]
+      // w: [co, ci]. On the file's own grid, so the uint8 weights stay exact (but for
+      // the few channels whose codes reach past 127 from the zero point).
+      if (L.pointwise())
+        L.q = quantize_rows(L.w.data(), L.out_shape.c, L.in.c, L.w_grid.empty() ? nullptr : L.w_grid.data());
   impl->path = path;
   impl->sha256 = sha256_hex(m.bytes.data(), m.bytes.size());
   impl->pre = PreprocessConfig::mobilenet();

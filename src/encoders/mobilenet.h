@@ -22,7 +22,11 @@
 // run as int8 GEMMs (qgemm.h: the weights re-quantized to 8 bits per output
 // channel, activations to 7 bits per pixel at run time, bias and ReLU6 fused into
 // the epilogue); the first 3x3 conv, the depthwise convs and the pooling stay
-// float32. fingerprint() then ends in "|int8".
+// float32. The file's uint8 weights are kept exactly (quantize_rows' grid) but
+// for the few channels whose codes reach past 127 from the zero point.
+// Embeddings: cosine >= 0.999 to float32's; batch size and threads move them
+// slightly (cosine > 0.9995: a last-bit difference in a float layer can flip a
+// rounding of the next layer's activations). fingerprint() ends in "|int8".
 // Kernels: per vector ISA level (portable, AVX2, AVX-512; mobilenet_kernels.inl),
 // chosen at run time by cpu_isa(); the 1x1 and im2col convs are OpenBLAS
 // sgemm, which picks its own kernels by CPU.

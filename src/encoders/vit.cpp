@@ -541,29 +541,37 @@ void residual_add(const VitKernels& K, float* x, const float* t, int b, int T, i
       K.residual(x + int64_t(i) * T * D, D, t + int64_t(i) * nq * D, D, nq, c0, c1, bias, scale);
 }
 
-// C[m, n] = A[m, k] W^T for W [n, k] (float, or its int8 copy q where the
-// model was quantized), then epi(c0, c1) on the output columns [c0, c1). With
-// P > 1 the output columns are split over the team (each sgemm single-threaded):
-// splitting columns splits the weights, so no thread packs more of W than it
-// multiplies, and each epilogue touches only its columns.
+// C[m, n0:n1] = A[m, k] W[n0:n1]^T + bias[n0:n1] for W [n, k] (float, or its
+// int8 copy q where the model was quantized; bias may be null), then epi(c0,
+// c1) on output columns [c0, c1). Columns are absolute: c and w point at
+// column / row 0. The bias is written into C before sgemm accumulates onto it
+// (beta = 1 skips OpenBLAS's pass that zeroes C: ~3% of a ViT-S image at batch
+// 1), or added in qmatmul's epilogue. With P > 1 the columns are split over the
+// team (each sgemm single-threaded): splitting columns splits the weights, so no
+// thread packs more of W than it multiplies, and each epilogue touches only its columns.
 template <class Epilogue>
-void linear(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, const QuantizedMatrix& q,
-            float* c, int64_t ldc, Team& team, Epilogue&& epi) {
+void linear(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* w,
+            const QuantizedMatrix& q, const float* bias, float* c, int64_t ldc, Team& team, Epilogue&& epi) {
   const auto product = [&](int64_t c0, int64_t c1) {
-    if (q.empty())
-      matmul(m, c1 - c0, k, a, lda, w + c0 * k, k, c + c0, ldc, true);
-    else
-      qmatmul(m, a, lda, q, c0, c1, c, ldc);
+    if (q.empty()) {
+      if (bias)
+        for (int64_t r = 0; r < m; ++r) std::copy(bias + c0, bias + c1, c + r * ldc + c0);
+      matmul(m, c1 - c0, k, a, lda, w + c0 * k, k, c + c0, ldc, true, 1.0f, bias ? 1.0f : 0.0f);
+    } else {
+      QuantEpilogue e;
+      e.bias = bias;
+      qmatmul(m, a, lda, q, c0, c1, c, ldc, e);
+    }
   };
   const int P = team.size();
   if (P == 1) {
-    product(0, n);
-    epi(int64_t(0), n);
+    product(n0, n1);
+    epi(n0, n1);
     return;
   }
-  const int64_t step = ((n + P - 1) / P + 15) / 16 * 16;  // whole 64-byte vectors per thread
+  const int64_t step = ((n1 - n0 + P - 1) / P + 15) / 16 * 16;  // whole 64-byte vectors per thread
   team.run(P, [&](int64_t t, int) {
-    const int64_t c0 = t * step, c1 = std::min(n, c0 + step);
+    const int64_t c0 = n0 + t * step, c1 = std::min(n1, c0 + step);
     if (c0 < c1) {
       product(c0, c1);
       epi(c0, c1);
@@ -604,11 +612,17 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
   float* mid = s.mid.data();
   const VitAct act = kernel_act(c.act);
 
-  // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b
+  // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b. With nq = 1 only the CLS
+  // rows' queries are needed: q for those rows, k and v for all.
+  const auto none = [](int64_t, int64_t) {};
   layer_norm_par(K, x, D, R, D, L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, s.xn.data(), D, team);
-  linear(R, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, qkv, 3 * D, team, [&](int64_t c0, int64_t c1) {
-    K.bias_act(qkv, 3 * D, R, c0, c1, L.qkv_b.data(), VitAct::none);
-  });
+  if (nq == T) {
+    linear(R, 0, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_b.data(), qkv, 3 * D, team, none);
+  } else {
+    linear(R, D, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_b.data(), qkv, 3 * D, team, none);
+    linear(b, 0, D, D, s.xn.data(), int64_t(T) * D, L.qkv_w.data(), L.qkv_q, L.qkv_b.data(), qkv,
+           int64_t(T) * 3 * D, team, none);
+  }
   // ctx [Rq, D]: per image and head, att [nq, T] = softmax(q k^T * scale); ctx_h = att v
   team.run(int64_t(b) * H, [&](int64_t ih, int worker) {
     float* att = s.att.data() + int64_t(worker) * T * T;  // [T, T] this worker's
@@ -622,7 +636,7 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
     matmul(nq, dh, T, att, T, v, 3 * D, s.ctx.data() + i * nq * D + h * dh, D, false);
   });
   // tmp [Rq, D] = ctx W_o^T; x += ls1 * (tmp + b_o)
-  linear(Rq, D, D, s.ctx.data(), D, L.out_w.data(), L.out_q, tmp, D, team, [&](int64_t c0, int64_t c1) {
+  linear(Rq, 0, D, D, s.ctx.data(), D, L.out_w.data(), L.out_q, nullptr, tmp, D, team, [&](int64_t c0, int64_t c1) {
     residual_add(K, x, tmp, b, T, nq, D, c0, c1, L.out_b.data(), L.ls1);
   });
 
@@ -633,13 +647,13 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
   };
   if (c.swiglu) {
     // The gate pairs column j with M + j, so the activation runs split by rows.
-    linear(Rq, 2 * M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, mid, 2 * M, team, [](int64_t, int64_t) {});
-    team.run(P, [&](int64_t t, int) { K.swiglu(mid, Rq * t / P, Rq * (t + 1) / P, M, L.fc1_b.data()); });
-    linear(Rq, D, M, mid, 2 * M, L.fc2_w.data(), L.fc2_q, tmp, D, team, add_fc2);
+    linear(Rq, 0, 2 * M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, L.fc1_b.data(), mid, 2 * M, team, none);
+    team.run(P, [&](int64_t t, int) { K.swiglu(mid, Rq * t / P, Rq * (t + 1) / P, M, nullptr); });
+    linear(Rq, 0, D, M, mid, 2 * M, L.fc2_w.data(), L.fc2_q, nullptr, tmp, D, team, add_fc2);
   } else {
-    linear(Rq, M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, mid, M, team,
-           [&](int64_t c0, int64_t c1) { K.bias_act(mid, M, Rq, c0, c1, L.fc1_b.data(), act); });
-    linear(Rq, D, M, mid, M, L.fc2_w.data(), L.fc2_q, tmp, D, team, add_fc2);
+    linear(Rq, 0, M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, L.fc1_b.data(), mid, M, team,
+           [&](int64_t c0, int64_t c1) { K.bias_act(mid, M, Rq, c0, c1, nullptr, act); });
+    linear(Rq, 0, D, M, mid, M, L.fc2_w.data(), L.fc2_q, nullptr, tmp, D, team, add_fc2);
   }
 }
 
@@ -670,7 +684,7 @@ void forward_chunk(const VitModel& m, const float* pos, const float* pixels, int
   for (int i = 0; i < b; ++i) {
     float* xi = s.x.data() + int64_t(i) * T * D;
     // The patch embedding stays float in the int8 mode (K = 588: 2% of the FLOPs).
-    linear(G, D, K, s.patches.data() + int64_t(i) * G * K, K, W.patch_w.data(), QuantizedMatrix{},
+    linear(G, 0, D, K, s.patches.data() + int64_t(i) * G * K, K, W.patch_w.data(), QuantizedMatrix{}, nullptr,
            xi + int64_t(first_patch) * D, D, team, [](int64_t, int64_t) {});
     for (int k = 0; k < D; ++k) xi[k] = W.cls[k] + pos[k];
     if (c.registers > 0) std::copy(W.registers.begin(), W.registers.end(), xi + D);

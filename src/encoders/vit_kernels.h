@@ -30,9 +30,9 @@ struct VitKernels {
                      float* y, int64_t ldy);
   // In place, each of `rows` rows of length n (contiguous).
   void (*softmax)(float* a, int64_t rows, int n);
-  // h[r, c0:c1] = act(h[r, c0:c1] + bias[c0:c1]), rows ld apart.
+  // h[r, c0:c1] = act(h[r, c0:c1] + bias[c0:c1]), rows ld apart (bias null: act only).
   void (*bias_act)(float* h, int64_t ld, int64_t rows, int64_t c0, int64_t c1, const float* bias, VitAct act);
-  // SwiGLU rows [r0, r1) of h [rows, 2m]: h[r, :m] = silu(h[r, :m] + b[:m]) * (h[r, m:] + b[m:]).
+  // SwiGLU rows [r0, r1) of h [rows, 2m]: h[r, :m] = silu(h[r, :m] + b[:m]) * (h[r, m:] + b[m:]) (b null: none).
   void (*swiglu)(float* h, int64_t r0, int64_t r1, int m, const float* bias);
   // x[r, c0:c1] += ls[c0:c1] * (t[r, c0:c1] + bias[c0:c1]); ls null: no scale.
   void (*residual)(float* x, int64_t ldx, const float* t, int64_t ldt, int64_t rows, int64_t c0, int64_t c1,

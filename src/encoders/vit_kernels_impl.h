@@ -50,13 +50,19 @@ void softmax(float* a, int64_t rows, int n) {
   }
 }
 
-// One loop per activation so each is a straight vectorizable loop.
+// One loop per activation so each is a straight vectorizable loop. bias may
+// be null (already in h: the GEMM started from it).
 template <class F>
 inline void bias_map(float* h, int64_t ld, int64_t rows, int64_t c0, int64_t c1, const float* bias, F f) {
   for (int64_t r = 0; r < rows; ++r) {
     float* hr = h + r * ld;
+    if (bias) {
 #pragma omp simd
-    for (int64_t k = c0; k < c1; ++k) hr[k] = f(hr[k] + bias[k]);
+      for (int64_t k = c0; k < c1; ++k) hr[k] = f(hr[k] + bias[k]);
+    } else {
+#pragma omp simd
+      for (int64_t k = c0; k < c1; ++k) hr[k] = f(hr[k]);
+    }
   }
 }
 
@@ -74,8 +80,13 @@ void bias_act(float* h, int64_t ld, int64_t rows, int64_t c0, int64_t c1, const 
 void swiglu(float* h, int64_t r0, int64_t r1, int m, const float* bias) {
   for (int64_t r = r0; r < r1; ++r) {
     float* hr = h + r * 2 * m;
+    if (bias) {
 #pragma omp simd
-    for (int k = 0; k < m; ++k) hr[k] = silu(hr[k] + bias[k]) * (hr[m + k] + bias[m + k]);
+      for (int k = 0; k < m; ++k) hr[k] = silu(hr[k] + bias[k]) * (hr[m + k] + bias[m + k]);
+    } else {
+#pragma omp simd
+      for (int k = 0; k < m; ++k) hr[k] = silu(hr[k]) * hr[m + k];
+    }
   }
 }
 

@@ -21,20 +21,31 @@ constexpr int64_t kRowTile = 32;  // rows of A kept hot while every column panel
 // Weights: symmetric 8-bit per output channel, q = round(w / s), s = max|w| / 127.
 // Activations: 7 bits (0..127, at most 128 after rounding the zero point) so
 // that vpmaddubsw's int16 pair sums of activations times weights stay below
-// 2^15: 2 * 128 * 127 = 32512. The other split (7-bit weights, 8-bit
-// activations, as oneDNN on CPUs without VNNI) lost more: MobileNet's 8-bit
-// weights re-quantized to 7 bits moved its embeddings to cosine 0.9935 of the
-// float ones, this split to 0.998 (64 Imagenette images).
+// 2^15: 2 * 128 * 127 = 32512. The weights are what the error is most
+// sensitive to (64 Imagenette images through MobileNet V1, mean cosine to the
+// float32 embeddings): 7-bit weights with 8-bit activations (oneDNN's split on
+// CPUs without VNNI) 0.9935; 8-bit weights on their own per-channel grid with
+// 7-bit activations 0.9979 (10- or 12-bit activations: 0.9983); the uint8
+// file's weights kept exactly (quantize_rows' grid) 0.99973.
 constexpr float kWeightLevels = 127.0f;
 constexpr float kActLevels = 127.0f;
 
-float quantize_weight_row(const float* x, int64_t k, int64_t kp, int8_t* q) {
+// One row; returns its scale. grid > 0: the row came from integer codes times
+// grid (a uint8 model's dequantized weights); when they fit in [-127, 127]
+// they are kept exactly, with scale = grid.
+float quantize_weight_row(const float* x, int64_t k, int64_t kp, float grid, int8_t* q) {
   float mx = 0.0f;
   for (int64_t i = 0; i < k; ++i) mx = std::max(mx, std::fabs(x[i]));
-  const float inv = mx > 0.0f ? kWeightLevels / mx : 0.0f;
+  float scale = mx / kWeightLevels;
+  if (grid > 0.0f && mx / grid <= kWeightLevels + 0.01f) {
+    bool on_grid = true;
+    for (int64_t i = 0; i < k && on_grid; ++i) on_grid = std::fabs(x[i] / grid - std::nearbyint(x[i] / grid)) < 1e-3f;
+    if (on_grid) scale = grid;
+  }
+  const float inv = mx > 0.0f ? 1.0f / scale : 0.0f;
   for (int64_t i = 0; i < k; ++i) q[i] = static_cast<int8_t>(std::lrintf(x[i] * inv));
   std::fill(q + k, q + kp, int8_t(0));
-  return mx / kWeightLevels;
+  return mx > 0.0f ? scale : 0.0f;
 }
 
 // Activations of one call: asymmetric 7-bit per row over [min(x, 0), max(x, 0)]
@@ -223,7 +234,7 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
 
 }  // namespace
 
-QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k) {
+QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k, const float* grid) {
   if (n <= 0 || k <= 0) throw Error("quantize_rows: empty matrix");
   QuantizedMatrix q;
   q.n = n;
@@ -235,7 +246,7 @@ QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k) {
   q.col_sum.assign(size_t(blocks * kBlock), 0);
   std::vector<int8_t> row(size_t(q.kp));
   for (int64_t j = 0; j < n; ++j) {
-    q.scale[j] = quantize_weight_row(w + j * k, k, q.kp, row.data());
+    q.scale[j] = quantize_weight_row(w + j * k, k, q.kp, grid ? grid[j] : 0.0f, row.data());
     for (int8_t v : row) q.col_sum[j] += v;
     int8_t* blk = &q.packed[(j / kBlock) * groups * 32];
     for (int64_t g = 0; g < groups; ++g) std::memcpy(blk + g * 32 + (j % kBlock) * 4, &row[g * 4], 4);

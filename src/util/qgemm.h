@@ -31,7 +31,11 @@ struct QuantizedMatrix {
 };
 
 // Quantizes W [n, k] (row j = output channel j). n is padded to a multiple of 8 with zero rows.
-QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k);
+// grid (optional, [n]): row j's values are integer multiples of grid[j] (the
+// dequantized weights of a uint8 model, (q - zero_point) * scale); rows whose
+// multiples fit in [-127, 127] are then kept exactly (scale grid[j]), the rest
+// are rounded as without a grid.
+QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k, const float* grid = nullptr);
 
 // What qmatmul applies to each output before storing it: + bias[c] (bias may
 // be null), then clamp to [lo, hi] (a fused ReLU / ReLU6; the defaults clamp nothing).
