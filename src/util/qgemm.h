@@ -11,7 +11,8 @@
 // 1/127 of their row's range (errors average out over k); tests/test_qgemm.cpp
 // holds the product to the float one. Kernels: AVX2 (vpmaddubsw, whose int16
 // pair sums cannot saturate with 7-bit activations), chosen by cpu_isa(); the
-// AVX-512 level uses the AVX2 kernel; portable is plain C++. Results are
+// AVX-512 level uses the AVX2 kernel; the portable level the same kernel on
+// 128-bit SSSE3 vectors (plain C++ off x86). Results are
 // identical at every level (exact int32 sums, the same float epilogue).
 // Thread safety: a QuantizedMatrix is read-only after quantize_rows; qmatmul
 // may run from several threads at once (each call quantizes A into its own buffer).
