@@ -167,13 +167,32 @@ void qmatmul_portable(int64_t m, const QuantizedRows& a, const QuantizedMatrix& 
 #endif
 
 #if defined(__x86_64__)
+// dot4x16_avx2 on 128-bit vectors: one 8-column block (two halves of 4).
+__attribute__((noinline)) void dot4x8_sse(const uint8_t* const ua[4], const int8_t* wb, int64_t groups,
+                                          __m128i acc[4][2]) {
+  const __m128i ones = _mm_set1_epi16(1);
+  __m128i a[4][2];
+  for (auto& ai : a) ai[0] = ai[1] = _mm_setzero_si128();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m128i wv0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + g * 32));
+    const __m128i wv1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + g * 32 + 16));
+    for (int i = 0; i < 4; ++i) {
+      int32_t uv;
+      std::memcpy(&uv, ua[i] + g * 4, 4);
+      const __m128i u = _mm_set1_epi32(uv);
+      a[i][0] = _mm_add_epi32(a[i][0], _mm_madd_epi16(_mm_maddubs_epi16(u, wv0), ones));
+      a[i][1] = _mm_add_epi32(a[i][1], _mm_madd_epi16(_mm_maddubs_epi16(u, wv1), ones));
+    }
+  }
+  for (int i = 0; i < 4; ++i) acc[i][0] = a[i][0], acc[i][1] = a[i][1];
+}
+
 // The portable level (x86-64-v2: SSSE3, SSE4.1): the AVX2 kernel below on
 // 128-bit vectors, 4 rows x 8 columns per step (a plain-C++ loop here was 10x
 // slower than float32 sgemm).
 void qmatmul_sse(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w, int64_t c0, int64_t c1, float* c,
                  int64_t ldc, const QuantEpilogue& epi) {
   const int64_t kp = w.kp, groups = kp / 4;
-  const __m128i ones = _mm_set1_epi16(1);
   const __m128 lo = _mm_set1_ps(epi.lo), hi = _mm_set1_ps(epi.hi);
   for (int64_t r0 = 0; r0 < m; r0 += kRowTile) {
     const int64_t r1 = std::min(m, r0 + kRowTile);
@@ -185,18 +204,7 @@ void qmatmul_sse(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w, in
         const uint8_t* ua[4];
         for (int i = 0; i < 4; ++i) ua[i] = &a.u[std::min(r + i, r1 - 1) * kp];
         __m128i acc[4][2];
-        for (auto& ai : acc) ai[0] = ai[1] = _mm_setzero_si128();
-        for (int64_t g = 0; g < groups; ++g) {
-          const __m128i wv0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + g * 32));
-          const __m128i wv1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + g * 32 + 16));
-          for (int i = 0; i < 4; ++i) {
-            int32_t uv;
-            std::memcpy(&uv, ua[i] + g * 4, 4);
-            const __m128i u = _mm_set1_epi32(uv);
-            acc[i][0] = _mm_add_epi32(acc[i][0], _mm_madd_epi16(_mm_maddubs_epi16(u, wv0), ones));
-            acc[i][1] = _mm_add_epi32(acc[i][1], _mm_madd_epi16(_mm_maddubs_epi16(u, wv1), ones));
-          }
-        }
+        dot4x8_sse(ua, wb, groups, acc);
         for (int i = 0; i < 4 && r + i < r1; ++i) {
           const __m128 sa = _mm_set1_ps(a.scale[r + i]);
           const __m128i z = _mm_set1_epi32(a.zero[r + i]);
@@ -215,6 +223,36 @@ void qmatmul_sse(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w, in
   }
 }
 
+// acc[i][h] = the int32 sums of row ua[i] with the 8 columns of block w_h, over
+// `groups` groups of 4 k. Its own function (not inlined) so that the
+// epilogue's constants cannot push the 8 accumulators out of registers: they
+// spilled to the stack when it was inlined, and int8 fell to float32's speed.
+__attribute__((target("avx2,fma"), noinline)) void dot4x16_avx2(const uint8_t* const ua[4], const int8_t* w0,
+                                                                const int8_t* w1, int64_t groups, __m256i acc[4][2]) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i wv0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + g * 32));
+    const __m256i wv1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + g * 32));
+    int32_t uv[4];
+    for (int i = 0; i < 4; ++i) std::memcpy(&uv[i], ua[i] + g * 4, 4);
+    __m256i u = _mm256_set1_epi32(uv[0]);
+    a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
+    a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
+    u = _mm256_set1_epi32(uv[1]);
+    a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
+    a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
+    u = _mm256_set1_epi32(uv[2]);
+    a20 = _mm256_add_epi32(a20, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
+    a21 = _mm256_add_epi32(a21, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
+    u = _mm256_set1_epi32(uv[3]);
+    a30 = _mm256_add_epi32(a30, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
+    a31 = _mm256_add_epi32(a31, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
+  }
+  acc[0][0] = a00, acc[0][1] = a01, acc[1][0] = a10, acc[1][1] = a11;
+  acc[2][0] = a20, acc[2][1] = a21, acc[3][0] = a30, acc[3][1] = a31;
+}
+
 // 4 rows x 16 columns per step: per 4 k, two 32-byte weight vectors (an
 // L1-hot panel) against each row's 4 activations broadcast. vpmaddubsw
 // multiplies u8 activations by s8 weights and adds pairs into int16 (no
@@ -224,7 +262,6 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
                                                       int64_t c0, int64_t c1, float* c, int64_t ldc,
                                                       const QuantEpilogue& epi) {
   const int64_t kp = w.kp, groups = kp / 4;
-  const __m256i ones = _mm256_set1_epi16(1);
   const __m256 lo = _mm256_set1_ps(epi.lo), hi = _mm256_set1_ps(epi.hi);
   // The bias of columns past c1 is never read: those lanes get zero.
   const auto bias8 = [&](int64_t col) {
@@ -245,18 +282,7 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
         const uint8_t* ua[4];
         for (int i = 0; i < 4; ++i) ua[i] = &a.u[std::min(r + i, r1 - 1) * kp];
         __m256i acc[4][2];
-        for (auto& ai : acc) ai[0] = ai[1] = _mm256_setzero_si256();
-        for (int64_t g = 0; g < groups; ++g) {
-          const __m256i wv0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + g * 32));
-          const __m256i wv1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + g * 32));
-          for (int i = 0; i < 4; ++i) {
-            int32_t uv;
-            std::memcpy(&uv, ua[i] + g * 4, 4);
-            const __m256i u = _mm256_set1_epi32(uv);
-            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
-            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
-          }
-        }
+        dot4x16_avx2(ua, w0, w1, groups, acc);
         const __m256i cs0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&w.col_sum[col]));
         const __m256i cs1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&w.col_sum[col1]));
         const __m256 ws0 = _mm256_loadu_ps(&w.scale[col]), ws1 = _mm256_loadu_ps(&w.scale[col1]);
