@@ -160,8 +160,8 @@ void write_torch_dir(const vismem::VitModel& m, const fs::path& dir, const std::
   vismem::write_npy_f32((dir / "ours.npy").string(), ours.data(), {n, int64_t(c.dim())});
 }
 
-// vit_torch.py as a child process spoken to over two pipes, so that each case
-// is timed on both sides back to back while the model stays loaded.
+// vit_torch.py as a child process spoken to over two pipes, so that the two
+// engines can take turns run by run while the model stays loaded.
 class TorchAnchor {
  public:
   TorchAnchor(const std::string& python, const std::string& script, const fs::path& dir) {
@@ -216,6 +216,15 @@ class TorchAnchor {
                     &t.blas_threads) != 3)
       throw vismem::Error("vit_torch.py answered '" + l + "'");
     return t;
+  }
+  // One timed run (no warm-up) at a given split.
+  double once(int torch_threads, int blas_threads, int batch) {
+    std::fprintf(in_, "once %d %d %d\n", torch_threads, blas_threads, batch);
+    std::fflush(in_);
+    const std::string l = line();
+    double s = 0;
+    if (std::sscanf(l.c_str(), "seconds %lf", &s) != 1) throw vismem::Error("vit_torch.py answered '" + l + "'");
+    return s;
   }
   pid_t pid() const { return pid_; }
 
@@ -361,23 +370,40 @@ int main(int argc, char** argv) {
         const CpuUse u0 = cpu_use();
         const double torch_cpu0 = anchor ? proc_cpu_seconds(anchor->pid()) : 0;
         const auto t0 = Clock::now();
-        const double s = median_seconds(
-            reps, [&] { vismem::vit_embed(m, px.data(), batch, S, S, out.data(), threads); });
-        const TorchAnchor::Timing tt = anchor ? anchor->seconds(threads, batch, reps) : TorchAnchor::Timing{};
-        const double st = tt.seconds;
-        const double s8 =
-            int8 ? median_seconds(reps, [&] { vismem::vit_embed(m8, px.data(), batch, S, S, out.data(), threads); })
-                 : 0;
+        // Torch's best split of the threads first (a short search), then the
+        // engines take turns run by run, so that the machine's drift (other
+        // jobs, clocks) hits both alike; ratios are medians of per-round ratios.
+        const TorchAnchor::Timing tt = anchor ? anchor->seconds(threads, batch, 1) : TorchAnchor::Timing{};
+        const auto ours_once = [&](const vismem::VitModel& model) {
+          const auto t = Clock::now();
+          vismem::vit_embed(model, px.data(), batch, S, S, out.data(), threads);
+          return std::chrono::duration<double>(Clock::now() - t).count();
+        };
+        ours_once(m);  // warm-up
+        if (int8) ours_once(m8);
+        std::vector<double> so, stv, s8v, ratio, ratio8;
+        for (int r = 0; r < reps; ++r) {
+          so.push_back(ours_once(m));
+          if (anchor) {
+            stv.push_back(anchor->once(tt.torch_threads, tt.blas_threads, batch));
+            ratio.push_back(stv.back() / so.back());
+          }
+          if (int8) {
+            s8v.push_back(ours_once(m8));
+            ratio8.push_back(so.back() / s8v.back());
+          }
+        }
+        const double s = median(so), st = anchor ? median(stv) : 0, s8 = int8 ? median(s8v) : 0;
         const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
         const CpuUse u1 = cpu_use();
         const double torch_cpu = anchor ? proc_cpu_seconds(anchor->pid()) - torch_cpu0 : 0;
         const double others = std::max(0.0, (u1.machine - u0.machine) - (u1.self - u0.self) - torch_cpu) / wall;
         std::printf("%-9s %7d %5d %10.2f", row.name, threads, batch, batch / s);
         if (anchor)
-          std::printf(" %11.2f %7.2fx %5d/%d", batch / st, st / s, tt.torch_threads, tt.blas_threads);
+          std::printf(" %11.2f %7.2fx %5d/%d", batch / st, median(ratio), tt.torch_threads, tt.blas_threads);
         else
           std::printf(" %11s %8s %7s", "-", "-", "-");
-        if (int8) std::printf(" %10.2f %7.2fx", batch / s8, s / s8);
+        if (int8) std::printf(" %10.2f %7.2fx", batch / s8, median(ratio8));
         std::printf(" %6.2f\n", others);
         std::fflush(stdout);
       }

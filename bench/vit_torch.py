@@ -16,6 +16,8 @@ Usage (bench_vit does this; by hand only to debug):
     time THREADS BATCH REPS  ->  "seconds S torch_threads A blas_threads B": the
       median of REPS runs after one warm-up, for the best split of THREADS between
       torch's threads (A) and OpenBLAS's (B)
+    once A B BATCH  ->  "seconds S": one run (no warm-up) with torch at A threads
+      and OpenBLAS at B (bench_vit interleaves these with its own runs)
     quit
 Needs Debian's python3-torch (scripts/setup.sh installs it as an optional
 benchmark dependency); the test suite does not.
@@ -140,6 +142,13 @@ def openblas_threads_setter():
     return None
 
 
+def batch_of(px, batch):
+    """The first `batch` inputs, repeated when there are fewer."""
+    if batch <= px.shape[0]:
+        return px[:batch]
+    return px.repeat((batch + px.shape[0] - 1) // px.shape[0], 1, 1, 1)[:batch]
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -159,8 +168,19 @@ def main():
         words = line.split()
         if not words or words[0] == "quit":
             break
+        if words[0] == "once":
+            intra, blas, batch = int(words[1]), int(words[2]), int(words[3])
+            torch.set_num_threads(intra)
+            if blas_threads:
+                blas_threads(blas)
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                m(batch_of(px, batch))
+                t = time.perf_counter() - t0
+            print(f"seconds {t:.6f}", flush=True)
+            continue
         threads, batch, reps = int(words[1]), int(words[2]), int(words[3])
-        x = px[:batch] if batch <= px.shape[0] else px.repeat((batch + px.shape[0] - 1) // px.shape[0], 1, 1, 1)[:batch]
+        x = batch_of(px, batch)
         # torch's own threads and OpenBLAS's inside nn.Linear: both at `threads`
         # oversubscribes the cores (OpenMP threads spin while OpenBLAS works), so
         # each split is tried and the best one answers.
