@@ -12,19 +12,27 @@
 # 20, and the largest and mean |difference| over k = 1..100, in points.
 # About 25 minutes on 2 cores for both datasets and both precisions.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-shared="$(cd .. && pwd)/shared"
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+root="$(cd "$(dirname "$0")/.." && pwd)"
+shared="$(cd "$root/.." && pwd)/shared"
 model="$shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 out=/tmp/vismem_int8_accuracy
 datasets="imagenette2 tiny-imagenet"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --model) model="$2"; shift 2 ;;
-    --out) out="$2"; shift 2 ;;
-    --datasets) datasets="$2"; shift 2 ;;
-    *) echo "int8_accuracy.sh: unknown option $1" >&2; exit 2 ;;
+    -h|--help) usage; exit 0 ;;
+    --model|--out|--datasets)
+      [ $# -ge 2 ] || { echo "int8_accuracy.sh: $1 needs a value" >&2; exit 2; }
+      case "$1" in
+        --model) model="$(realpath -m "$2")" ;;
+        --out) out="$(realpath -m "$2")" ;;
+        --datasets) datasets="$2" ;;
+      esac
+      shift 2 ;;
+    *) echo "int8_accuracy.sh: unknown option $1 (--help)" >&2; exit 2 ;;
   esac
 done
+cd "$root"
 vismem=build/vismem
 [ -x "$vismem" ] || ./scripts/build.sh vismem
 mkdir -p "$out"

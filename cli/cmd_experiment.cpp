@@ -66,6 +66,7 @@ void add_experiment_commands(CLI::App& app) {
         co.model_id = enc->name();
         co.fingerprint = enc->fingerprint();
         co.model_path = fs::absolute(a->model).string();
+        co.model_precision = precision_name(enc->precision());
         // Built under a temporary name: an interrupted run never leaves a partial set behind.
         std::string tmp = db + ".partial";
         if (!fs::exists(tmp)) Memory::create(tmp, co);

@@ -141,8 +141,8 @@ void add_memory_commands(CLI::App& app) {
     c->add_option("--model-id", *model_id, "A name for the embedding model");
     c->add_option("--model", *model, "Bind the memory to an encoder (.tflite file or HF checkpoint folder)");
     c->add_option("--precision", *precision,
-                  "The encoder's arithmetic, recorded so later adds and queries use it: f32 (default) or int8 "
-                  "(int8 GEMMs: faster, embeddings within cosine ~0.998; default: VISMEM_PRECISION or f32)")
+                  "The encoder's arithmetic, recorded so later adds and queries use it: f32 or int8 (int8 GEMMs: "
+                  "faster, embeddings at cosine ~0.999 to f32's). Default: VISMEM_PRECISION, else f32")
         ->check(CLI::IsMember({"f32", "int8"}));
     c->callback([=] {
       Memory::CreateOptions o;

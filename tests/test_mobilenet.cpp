@@ -275,10 +275,11 @@ TEST(MobileNet, Int8StaysCloseToFloatAndKeepsTheLabels) {
     EXPECT_GE(same, n - 2);
   });
   // The int8 sums are exact at every level; the float layers around them round
-  // differently per level, so levels agree closely, not bit for bit.
+  // differently per level, so levels agree within int8's own noise (as for
+  // batch and threads above), not bit for bit.
   for (size_t l = 1; l < per_level.size(); ++l)
     for (size_t i = 0; i < kPhotos.size(); ++i)
-      EXPECT_GE(cosine(per_level[0].data() + i * 1024, per_level[l].data() + i * 1024, 1024), 0.9999);
+      EXPECT_GE(cosine(per_level[0].data() + i * 1024, per_level[l].data() + i * 1024, 1024), 0.9995);
   EXPECT_THROW(load_encoder(kV1, parse_precision("int4")), Error);
 }
 

@@ -640,7 +640,7 @@ index:    approximate search: a FAISS index-factory string ("IVF1024,PQ64", "HNS
           large enough; answers carry exact distances (candidates are re-scored).
 index_fold_rows: rows added past the index before they are folded in (0: 65536).
 precision: the encoder's arithmetic, "f32" or "int8" (int8 GEMMs: faster, embeddings
-          within cosine ~0.998 of float32), recorded so later adds and queries use it
+          at cosine ~0.999 to float32's), recorded so later adds and queries use it
           (None: VISMEM_PRECISION, default "f32"). Needs model.
 Raises ValueError without dim or model, or when they disagree; OSError when the
 file exists or cannot be written, or the model cannot be loaded.

@@ -859,9 +859,9 @@ class VitEncoder final : public Encoder {
             add(*v);
       }
       acc += pc_.describe();
-      // int8 embeddings differ from float ones: a memory must not mix them.
-      if (m_.precision == VitPrecision::int8) acc += "|int8";
-      fp_ = sha256_hex(acc.data(), acc.size());
+      // int8 embeddings differ from float ones: a memory must not mix them. A
+      // suffix (as MobileNet's), so that a mismatch can say it is the precision.
+      fp_ = sha256_hex(acc.data(), acc.size()) + (m_.precision == VitPrecision::int8 ? "|int8" : "");
     });
     return fp_;
   }

@@ -151,7 +151,7 @@ void resize_bicubic(const float* in, int ih, int iw, int c, float* out, int oh, 
 // DINOv2 224 (PreprocessConfig::dinov2()), CLIP the config's image_size
 // (PreprocessConfig::clip() with crop and resize set to it). fingerprint():
 // sha256 over the weight files, config.json and preprocess().describe(), and
-// "int8" in the int8 mode (quantize_vit_model). The one-argument load_vit_encoder
+// then "|int8" in the int8 mode (quantize_vit_model). The one-argument load_vit_encoder
 // takes the precision from precision_from_env() (VISMEM_PRECISION).
 std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir, Precision precision);
 std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir);

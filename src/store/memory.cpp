@@ -1924,8 +1924,23 @@ std::optional<IndexInfo> Memory::index_info(bool load) const {
 void Memory::check_fingerprint(const std::string& fingerprint, const std::string& what) const {
   std::string mine = impl_->meta("fingerprint");
   if (mine.empty() || mine == fingerprint) return;
+  // Encoders mark int8 embeddings by a "|int8" suffix (encoder.h): the same
+  // model at the other precision gets its own message.
+  const std::string int8 = "|int8";
+  const auto is_int8_of = [&](const std::string& a, const std::string& b) { return a == b + int8; };
+  if (is_int8_of(mine, fingerprint) || is_int8_of(fingerprint, mine)) {
+    const bool mem_int8 = is_int8_of(mine, fingerprint);
+    throw Error(what + " runs at " + (mem_int8 ? "f32" : "int8") + " precision, but this memory's embeddings are " +
+                (mem_int8 ? "int8" : "f32") + " (same model): use --precision " + (mem_int8 ? "int8" : "f32") +
+                " or VISMEM_PRECISION=" + (mem_int8 ? "int8" : "f32"));
+  }
+  // Fingerprints are "sha256|preprocessing[|int8]": show where they differ.
+  size_t at = 0;
+  while (at < mine.size() && at < fingerprint.size() && mine[at] == fingerprint[at]) ++at;
+  const size_t from = at < 8 ? 0 : at - 8;
   throw Error(what + " was made with a different model than this memory (memory: " + impl_->meta("model_id") +
-              ", fingerprint " + mine.substr(0, 16) + "...; given: " + fingerprint.substr(0, 16) + "...)");
+              ", fingerprint " + (from ? "..." : "") + mine.substr(from, 24) + "...; given: " + (from ? "..." : "") +
+              fingerprint.substr(from, 24) + "...)");
 }
 
 }  // namespace vismem

@@ -253,6 +253,17 @@ __attribute__((target("avx2,fma"), noinline)) void dot4x16_avx2(const uint8_t* c
   acc[2][0] = a20, acc[2][1] = a21, acc[3][0] = a30, acc[3][1] = a31;
 }
 
+// bias[col, col + 8) as a vector; columns past c1 are never read: those lanes
+// get zero, as do all without a bias. (A function of its own, not a lambda in
+// qmatmul_avx2: a lambda does not inherit its target attribute, and at the
+// x86-64-v2 baseline the AVX intrinsics could not be inlined into it.)
+__attribute__((target("avx2,fma"))) inline __m256 load_bias8_avx2(const float* bias, int64_t col, int64_t c1) {
+  if (!bias) return _mm256_setzero_ps();
+  float b[kBlock] = {};
+  std::memcpy(b, bias + col, size_t(std::min<int64_t>(kBlock, c1 - col)) * sizeof(float));
+  return _mm256_loadu_ps(b);
+}
+
 // 4 rows x 16 columns per step: per 4 k, two 32-byte weight vectors (an
 // L1-hot panel) against each row's 4 activations broadcast. vpmaddubsw
 // multiplies u8 activations by s8 weights and adds pairs into int16 (no
@@ -263,13 +274,6 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
                                                       const QuantEpilogue& epi) {
   const int64_t kp = w.kp, groups = kp / 4;
   const __m256 lo = _mm256_set1_ps(epi.lo), hi = _mm256_set1_ps(epi.hi);
-  // The bias of columns past c1 is never read: those lanes get zero.
-  const auto bias8 = [&](int64_t col) {
-    if (!epi.bias) return _mm256_setzero_ps();
-    float b[kBlock] = {};
-    std::memcpy(b, epi.bias + col, size_t(std::min<int64_t>(kBlock, c1 - col)) * sizeof(float));
-    return _mm256_loadu_ps(b);
-  };
   for (int64_t r0 = 0; r0 < m; r0 += kRowTile) {
     const int64_t r1 = std::min(m, r0 + kRowTile);
     for (int64_t col = c0; col < c1; col += 2 * kBlock) {
@@ -286,7 +290,7 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
         const __m256i cs0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&w.col_sum[col]));
         const __m256i cs1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&w.col_sum[col1]));
         const __m256 ws0 = _mm256_loadu_ps(&w.scale[col]), ws1 = _mm256_loadu_ps(&w.scale[col1]);
-        const __m256 b0 = bias8(col), b1 = bias8(col1);
+        const __m256 b0 = load_bias8_avx2(epi.bias, col, c1), b1 = load_bias8_avx2(epi.bias, col1, c1);
         for (int i = 0; i < 4 && r + i < r1; ++i) {
           const __m256 sa = _mm256_set1_ps(a.scale[r + i]);
           const __m256i z = _mm256_set1_epi32(a.zero[r + i]);
