@@ -6,6 +6,8 @@
 #include <cmath>
 #include <filesystem>
 
+#include <sqlite3.h>
+
 #include "npy.h"
 #include "util_test.h"
 
@@ -137,6 +139,26 @@ TEST(CliEmbed, Int8PrecisionIsRecordedAtCreate) {
   r = run_cli("classify " + mem + " " + a + " --k 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("one"), std::string::npos) << r.out;
+  // The same model at the other precision is refused with a message that says so.
+  r = run_cli("classify " + mem + " " + a + " --model " + model);  // recorded int8, with --model: fine
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const std::string fmem = t / "f.db";
+  ASSERT_EQ(run_cli("create " + fmem + " --model " + model + " --precision f32").exit_code, 0);
+  ASSERT_EQ(run_cli("add " + fmem + " " + t / "imgs").exit_code, 0);
+  {
+    // A memory made before the precision was recorded: VISMEM_PRECISION decides,
+    // and a wrong one is named in the error.
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(fmem.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "DELETE FROM meta WHERE key='model_precision'", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+    setenv("VISMEM_PRECISION", "int8", 1);
+    r = run_cli("classify " + fmem + " " + a);
+    unsetenv("VISMEM_PRECISION");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("runs at int8 precision, but this memory's embeddings are f32"), std::string::npos) << r.err;
+    EXPECT_EQ(run_cli("classify " + fmem + " " + a).exit_code, 0);
+  }
   // Without a model there is nothing to record.
   r = run_cli("create " + (t / "n.db") + " --dim 8 --precision int8");
   EXPECT_EQ(r.exit_code, 1);
