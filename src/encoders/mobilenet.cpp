@@ -328,7 +328,7 @@ std::unique_ptr<MobileNet::Impl> build(const tfl::Model& m) {
         if (const auto& wq = m.tensors[op.inputs[1]].quant; !dw && !wq.scale.empty() &&
                                                            (wq.scale.size() == 1 || wq.quantized_dimension == 0)) {
           L.w_grid.resize(out_c);
-          for (int o = 0; o < out_c; ++o) L.w_grid[o] = wq.scale[wq.scale.size() == 1 ? 0 : std::min<size_t>(o, wq.scale.size() - 1)];
+          for (int o = 0; o < out_c; ++o) L.w_grid[o] = wq.scale[std::min<size_t>(o, wq.scale.size() - 1)];
         }
         L.b = read_bias(m, i, 2, out_c, L);
         set_activation(m, i, op.activation, L);
