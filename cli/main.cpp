@@ -45,6 +45,10 @@ static void add_version_command(CLI::App& app) {
 
 int main(int argc, char** argv) {
   use_fast_blas_kernels(argv);
+  // A typo is said at once, also where a recorded or given precision makes
+  // the variable irrelevant (where it decides, the command fails on it).
+  if (const char* p = std::getenv("VISMEM_PRECISION"); p && *p && std::strcmp(p, "f32") != 0 && std::strcmp(p, "int8") != 0)
+    std::fprintf(stderr, "vismem: warning: VISMEM_PRECISION=%s is not f32|int8\n", p);
   CLI::App app{"vismem: a visual memory for image classification (kNN over embeddings)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Help for every subcommand");

@@ -159,6 +159,12 @@ TEST(CliEmbed, Int8PrecisionIsRecordedAtCreate) {
     EXPECT_NE(r.err.find("runs at int8 precision, but this memory's embeddings are f32"), std::string::npos) << r.err;
     EXPECT_EQ(run_cli("classify " + fmem + " " + a).exit_code, 0);
   }
+  // A typo in VISMEM_PRECISION is said even where the recorded precision decides.
+  setenv("VISMEM_PRECISION", "INT8", 1);
+  r = run_cli("classify " + mem + " " + a);
+  unsetenv("VISMEM_PRECISION");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: VISMEM_PRECISION=INT8 is not f32|int8"), std::string::npos) << r.err;
   // Without a model there is nothing to record.
   r = run_cli("create " + (t / "n.db") + " --dim 8 --precision int8");
   EXPECT_EQ(r.exit_code, 1);
