@@ -5,13 +5,16 @@
 // counts and batch sizes, case by case, on the same machine.
 //
 // Usage: bench_vit [--quick] [--model s|b|all] [--no-torch] [--python PATH] [--script PATH]
-//                  [--threads 1,2] [--batches 1,16] [--kernels] [--int8]
+//                  [--threads 1,2] [--batches 1,16] [--kernels] [--int8] [--sgemm]
 //   --quick:   fewer repetitions (smoke runs); medians are printed either way.
 //   --python:  the interpreter with torch (default /usr/bin/python3: Debian's python3-torch).
 //   --script:  vit_torch.py (default: bench/vit_torch.py next to the build folder).
 //   --kernels: also time the non-GEMM kernels at every ISA level this CPU runs.
 //   --int8:    also time the opt-in int8 mode (quantize_vit_model) in each case,
 //              and compare its embeddings with the float ones (cosine).
+//   --sgemm:   also time the float32 model through OpenBLAS sgemm (what runs
+//              where pack_vit_model does not pack) against the packed weights
+//              (pmatmul) that "ours" uses on this CPU, in the same rounds.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -108,6 +111,14 @@ double sgemm_gflops(int64_t m, int64_t n, int64_t k, bool b_transposed, int reps
   const double s = median_seconds(reps, [&] {
     vismem::matmul(m, n, k, a.data(), k, b.data(), b_transposed ? k : n, c.data(), n, b_transposed);
   });
+  return 2.0 * m * n * k / s * 1e-9;
+}
+
+// The same product with the weights packed once (what the ViT's linear layers run on AVX2).
+double pmatmul_gflops(int64_t m, int64_t n, int64_t k, int reps) {
+  std::vector<float> a(m * k, 0.5f), b(n * k, 0.25f), c(m * n);
+  const vismem::PackedMatrix p = vismem::pack_rows(b.data(), n, k);
+  const double s = median_seconds(reps, [&] { vismem::pmatmul(m, a.data(), k, p, 0, n, nullptr, c.data(), n); });
   return 2.0 * m * n * k / s * 1e-9;
 }
 
@@ -289,7 +300,7 @@ void kernel_table(bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, torch = true, kernels = false, int8 = false;
+  bool quick = false, torch = true, kernels = false, int8 = false, sgemm = false;
   std::string which = "all", python = "/usr/bin/python3", script = default_script(argv[0]);
   std::vector<int> thread_list = {1, 2}, batch_list = {1, 16};
   for (int i = 1; i < argc; ++i) {
@@ -298,6 +309,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--no-torch")) torch = false;
     else if (!std::strcmp(argv[i], "--kernels")) kernels = true;
     else if (!std::strcmp(argv[i], "--int8")) int8 = true;
+    else if (!std::strcmp(argv[i], "--sgemm")) sgemm = true;
     else if (!std::strcmp(argv[i], "--python") && more) python = argv[++i];
     else if (!std::strcmp(argv[i], "--script") && more) script = argv[++i];
     else if (!std::strcmp(argv[i], "--threads") && more) thread_list = int_list(argv[++i]);
@@ -308,7 +320,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: bench_vit [--quick] [--model s|b|all] [--no-torch] [--python PATH] [--script PATH]\n"
-                   "                 [--threads 1,2] [--batches 1,16] [--kernels] [--int8]\n");
+                   "                 [--threads 1,2] [--batches 1,16] [--kernels] [--int8] [--sgemm]\n");
       return 2;
     }
   }
@@ -320,8 +332,12 @@ int main(int argc, char** argv) {
   const int S = 224, max_batch = *std::max_element(batch_list.begin(), batch_list.end());
   std::printf("bench_vit: DINOv2-shaped ViTs at %d px, random weights, float32; medians\n", S);
   std::printf("cpu: %s\n", vismem::cpu_description().c_str());
-  std::printf("sgemm, 1 thread, 257x3072x768 (OpenBLAS via vismem::matmul): B^T %.1f GFLOP/s, B %.1f GFLOP/s\n\n",
+  std::printf("sgemm, 1 thread, 257x3072x768 (OpenBLAS via vismem::matmul): B^T %.1f GFLOP/s, B %.1f GFLOP/s\n",
               sgemm_gflops(257, 3072, 768, true, quick ? 3 : 9), sgemm_gflops(257, 3072, 768, false, quick ? 3 : 9));
+  std::printf("pmatmul, 1 thread, 257x3072x768 (weights packed once, packed_gemm.h): %.1f GFLOP/s; the ViT's\n"
+              "linear layers run %s on this CPU\n\n",
+              pmatmul_gflops(257, 3072, 768, quick ? 3 : 9),
+              vismem::packed_gemm_preferred() ? "packed (pmatmul)" : "through sgemm (packing is not preferred here)");
 
   if (kernels) kernel_table(quick);
 
@@ -343,9 +359,12 @@ int main(int argc, char** argv) {
   std::printf("%-9s %7s %5s %10s %11s %8s %7s", "model", "threads", "batch", "ours img/s", "torch img/s", "ratio",
               "torch/blas");
   if (int8) std::printf(" %10s %8s", "int8 img/s", "int8/f32");
+  if (sgemm) std::printf(" %11s %8s", "sgemm img/s", "vs sgemm");
   std::printf(" %6s\n", "others");
   for (const auto& row : rows) {
-    const vismem::VitModel m = vismem::random_vit_model(row.cfg, 1);
+    // m: what the encoder runs here (packed where preferred); ms: the sgemm path.
+    const vismem::VitModel ms = vismem::random_vit_model(row.cfg, 1);
+    const vismem::VitModel m = vismem::pack_vit_model(ms);
     const vismem::VitModel m8 = int8 ? vismem::quantize_vit_model(m) : vismem::VitModel{};
     std::vector<float> out(size_t(max_batch) * row.cfg.dim());
     std::unique_ptr<TorchAnchor> anchor;
@@ -381,7 +400,8 @@ int main(int argc, char** argv) {
         };
         ours_once(m);  // warm-up
         if (int8) ours_once(m8);
-        std::vector<double> so, stv, s8v, ratio, ratio8;
+        if (sgemm) ours_once(ms);
+        std::vector<double> so, stv, s8v, ssv, ratio, ratio8, ratios;
         for (int r = 0; r < reps; ++r) {
           so.push_back(ours_once(m));
           if (anchor) {
@@ -391,6 +411,10 @@ int main(int argc, char** argv) {
           if (int8) {
             s8v.push_back(ours_once(m8));
             ratio8.push_back(so.back() / s8v.back());
+          }
+          if (sgemm) {
+            ssv.push_back(ours_once(ms));
+            ratios.push_back(ssv.back() / so.back());
           }
         }
         const double s = median(so), st = anchor ? median(stv) : 0, s8 = int8 ? median(s8v) : 0;
@@ -404,6 +428,7 @@ int main(int argc, char** argv) {
         else
           std::printf(" %11s %8s %7s", "-", "-", "-");
         if (int8) std::printf(" %10.2f %7.2fx", batch / s8, median(ratio8));
+        if (sgemm) std::printf(" %11.2f %7.2fx", batch / median(ssv), median(ratios));
         std::printf(" %6.2f\n", others);
         std::fflush(stdout);
       }

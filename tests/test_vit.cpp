@@ -394,6 +394,61 @@ TEST(VitIsa, NeverAboveTheCpu) {
   EXPECT_EQ(vismem::vit_kernels().isa, vismem::Isa::portable);
 }
 
+TEST(VitPacked, MatchesHFAndTheSgemmPathAtEveryLevel) {
+  // The linear layers and attention on weights packed once (pmatmul), as the
+  // encoder runs them where packed_gemm_preferred(): packed at the avx2 level
+  // (as on an AVX2 CPU), then run at every level (the portable one runs the
+  // plain C++ tiles), against the HF outputs and the sgemm path.
+  IsaGuard guard;
+  if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
+  vismem::set_isa(vismem::Isa::avx2);
+  const vismem::VitModel m = vismem::load_vit_model(kFix + "/dinov2_tiny");
+  const vismem::VitModel p = vismem::pack_vit_model(m, /*keep_float=*/false);
+  ASSERT_FALSE(p.weights.layers[0].qkv_p.empty());
+  EXPECT_TRUE(p.weights.layers[0].qkv_w.empty());  // the float copies are freed
+  const vismem::VitModel clip = vismem::pack_vit_model(vismem::load_vit_model(kFix + "/clip_tiny_f16"));
+  const Arr in = load(kFix + "/dinov2_tiny/input_56.npy");
+  const Arr hidden = load(kFix + "/dinov2_tiny/last_hidden_56.npy");
+  const Arr cin = load(kFix + "/clip_tiny_f16/input_48.npy");
+  const Arr cemb = load(kFix + "/clip_tiny_f16/image_embeds_48.npy");
+  const vismem::VitOutputs plain = vismem::vit_forward(m, in.v.data(), 3, 56, 56, 1, true);
+  for (vismem::Isa level : runnable_levels()) {
+    vismem::set_isa(level);
+    const vismem::VitOutputs o = vismem::vit_forward(p, in.v.data(), 3, 56, 56, 2, true);
+    const vismem::VitOutputs c = vismem::vit_forward(clip, cin.v.data(), int(cin.shape[0]), 48, 48, 1);
+    const double e_hid = rel_err(o.last_hidden, hidden.v), e_clip = rel_err(c.embedding, cemb.v);
+    const double e_sgemm = rel_err(o.last_hidden, plain.last_hidden);
+    std::printf("packed %s: dinov2 last_hidden rel err %.3g (vs the sgemm path %.3g), clip image_embeds %.3g\n",
+                vismem::isa_name(level), e_hid, e_sgemm, e_clip);
+    EXPECT_LT(e_hid, kTol) << vismem::isa_name(level);
+    EXPECT_LT(e_clip, kTol) << vismem::isa_name(level);
+    EXPECT_LT(e_sgemm, 1e-5) << vismem::isa_name(level);
+  }
+}
+
+TEST(VitPacked, AnImagesEmbeddingDoesNotDependOnItsBatchOrThreads) {
+  // pmatmul's sums do not depend on the rows beside them or on the column
+  // split, so an image's embedding is bit-identical alone, in a batch, on 1
+  // thread or several (the sgemm path agrees only to rounding).
+  IsaGuard guard;
+  if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
+  vismem::set_isa(vismem::Isa::avx2);
+  const vismem::VitModel p = vismem::pack_vit_model(vismem::load_vit_model(kFix + "/dinov2_tiny"));
+  const Arr in = load(kFix + "/dinov2_tiny/input_56.npy");
+  std::vector<float> batch(3 * 64);
+  vismem::vit_embed(p, in.v.data(), 3, 56, 56, batch.data(), 1);
+  for (auto split : {vismem::VitSplit::images, vismem::VitSplit::tokens}) {
+    std::vector<float> emb(3 * 64);
+    vismem::vit_embed(p, in.v.data(), 3, 56, 56, emb.data(), 2, split);
+    EXPECT_EQ(emb, batch) << int(split);
+  }
+  for (int i = 0; i < 3; ++i) {
+    std::vector<float> one(64);
+    vismem::vit_embed(p, in.v.data() + i * 3 * 56 * 56, 1, 56, 56, one.data(), 2);
+    EXPECT_EQ(one, std::vector<float>(batch.begin() + i * 64, batch.begin() + (i + 1) * 64)) << i;
+  }
+}
+
 TEST(VitInt8, CloseToHFAtEveryLevel) {
   // The opt-in int8 mode (linear layers as int8 GEMMs) against the same HF
   // outputs as the float path, with the tolerance int8 allows: within 3% of

@@ -350,6 +350,29 @@ VitModel quantize_vit_model(VitModel m) {
   return m;
 }
 
+VitModel pack_vit_model(VitModel m, bool keep_float) {
+  if (m.precision != VitPrecision::f32 || !packed_gemm_preferred()) return m;
+  const VitConfig& c = m.config;
+  const int64_t D = c.hidden, M1 = c.swiglu ? 2 * int64_t(c.mlp) : c.mlp, M = c.mlp;
+  // Everything that multiplies by a weight matrix, so that no sgemm is left
+  // whose result could depend on the batch or the thread split.
+  VitWeights& W = m.weights;
+  if (W.patch_p.empty()) W.patch_p = pack_rows(W.patch_w.data(), D, int64_t(c.channels) * c.patch * c.patch);
+  if (W.proj_p.empty() && c.proj_dim > 0) W.proj_p = pack_rows(W.proj.data(), c.proj_dim, D);
+  if (!keep_float)
+    for (auto* v : {&W.patch_w, &W.proj}) std::vector<float>().swap(*v);
+  for (VitLayerWeights& L : m.weights.layers) {
+    if (!L.qkv_p.empty()) continue;  // packed already
+    L.qkv_p = pack_rows(L.qkv_w.data(), 3 * D, D);
+    L.out_p = pack_rows(L.out_w.data(), D, D);
+    L.fc1_p = pack_rows(L.fc1_w.data(), M1, D);
+    L.fc2_p = pack_rows(L.fc2_w.data(), D, M);
+    if (!keep_float)
+      for (auto* v : {&L.qkv_w, &L.out_w, &L.fc1_w, &L.fc2_w}) std::vector<float>().swap(*v);
+  }
+  return m;
+}
+
 // ---------------------------------------------------------------------------
 // Bicubic resize of the position-embedding grid (PyTorch's CPU kernels)
 // ---------------------------------------------------------------------------
@@ -502,8 +525,11 @@ struct Scratch {
   std::vector<float> mid;      // [R, M1] MLP hidden (M1 = M, or 2M for SwiGLU)
   std::vector<float> att;      // [P, T, T] one head's attention probabilities per thread
   std::vector<float> pooler;   // [b, D] final LayerNorm of CLS
+  // Per thread, where the model is packed: one head's keys [T, dh] (scaled by
+  // 1/sqrt(dh)) and values transposed [dh, T], packed for pmatmul.
+  std::vector<PackedMatrix> keys, values;
 
-  Scratch(const VitConfig& c, int b, int T, int G, int P) {
+  Scratch(const VitConfig& c, int b, int T, int G, int P) : keys(size_t(P)), values(size_t(P)) {
     const size_t R = size_t(b) * T, D = c.hidden, K = size_t(c.channels) * c.patch * c.patch;
     const size_t M1 = size_t(c.swiglu ? 2 * c.mlp : c.mlp);
     patches.resize(size_t(b) * G * K);
@@ -541,19 +567,23 @@ void residual_add(const VitKernels& K, float* x, const float* t, int b, int T, i
       K.residual(x + int64_t(i) * T * D, D, t + int64_t(i) * nq * D, D, nq, c0, c1, bias, scale);
 }
 
-// C[m, n0:n1] = A[m, k] W[n0:n1]^T + bias[n0:n1] for W [n, k] (float, or its
-// int8 copy q where the model was quantized; bias may be null), then epi(c0,
+// C[m, n0:n1] = A[m, k] W[n0:n1]^T + bias[n0:n1] for W [n, k] (its int8 copy q
+// where the model was quantized, its packed copy p where it was packed, else
+// the float W through sgemm; bias may be null), then epi(c0,
 // c1) on output columns [c0, c1). Columns are absolute: c and w point at
 // column / row 0. The bias is written into C before sgemm accumulates onto it
 // (beta = 1 skips OpenBLAS's pass that zeroes C: ~3% of a ViT-S image at batch
-// 1), or added in qmatmul's epilogue. With P > 1 the columns are split over the
+// 1), or added in qmatmul's epilogue or as pmatmul's starting value. With P > 1 the columns are split over the
 // team (each sgemm single-threaded): splitting columns splits the weights, so no
 // thread packs more of W than it multiplies, and each epilogue touches only its columns.
 template <class Epilogue>
 void linear(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* w,
-            const QuantizedMatrix& q, const float* bias, float* c, int64_t ldc, Team& team, Epilogue&& epi) {
+            const QuantizedMatrix& q, const PackedMatrix& p, const float* bias, float* c, int64_t ldc, Team& team,
+            Epilogue&& epi) {
   const auto product = [&](int64_t c0, int64_t c1) {
-    if (q.empty()) {
+    if (!p.empty()) {
+      pmatmul(m, a, lda, p, c0, c1, bias, c, ldc);
+    } else if (q.empty()) {
       if (bias)
         for (int64_t r = 0; r < m; ++r) std::copy(bias + c0, bias + c1, c + r * ldc + c0);
       matmul(m, c1 - c0, k, a, lda, w + c0 * k, k, c + c0, ldc, true, 1.0f, bias ? 1.0f : 0.0f);
@@ -569,7 +599,9 @@ void linear(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_
     epi(n0, n1);
     return;
   }
-  const int64_t step = ((n1 - n0 + P - 1) / P + 15) / 16 * 16;  // whole 64-byte vectors per thread
+  // Whole panels (packed) or 64-byte vectors per thread.
+  const int64_t unit = p.empty() ? 16 : PackedMatrix::kCols;
+  const int64_t step = ((n1 - n0 + P - 1) / P + unit - 1) / unit * unit;
   team.run(P, [&](int64_t t, int) {
     const int64_t c0 = n0 + t * step, c1 = std::min(n1, c0 + step);
     if (c0 < c1) {
@@ -611,16 +643,17 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
   float* tmp = s.tmp.data();
   float* mid = s.mid.data();
   const VitAct act = kernel_act(c.act);
+  const bool packed = !L.qkv_p.empty();
 
   // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b. With nq = 1 only the CLS
   // rows' queries are needed: q for those rows, k and v for all.
   const auto none = [](int64_t, int64_t) {};
   layer_norm_par(K, x, D, R, D, L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, s.xn.data(), D, team);
   if (nq == T) {
-    linear(R, 0, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_b.data(), qkv, 3 * D, team, none);
+    linear(R, 0, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv, 3 * D, team, none);
   } else {
-    linear(R, D, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_b.data(), qkv, 3 * D, team, none);
-    linear(b, 0, D, D, s.xn.data(), int64_t(T) * D, L.qkv_w.data(), L.qkv_q, L.qkv_b.data(), qkv,
+    linear(R, D, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv, 3 * D, team, none);
+    linear(b, 0, D, D, s.xn.data(), int64_t(T) * D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv,
            int64_t(T) * 3 * D, team, none);
   }
   // ctx [Rq, D]: per image and head, att [nq, T] = softmax(q k^T * scale); ctx_h = att v
@@ -631,12 +664,21 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
     const float* q = base + h * dh;
     const float* k = base + D + h * dh;
     const float* v = base + 2 * D + h * dh;
-    matmul(nq, T, dh, q, 3 * D, k, 3 * D, att, T, true, scale);
-    K.softmax(att, nq, T);
-    matmul(nq, dh, T, att, T, v, 3 * D, s.ctx.data() + i * nq * D + h * dh, D, false);
+    float* ctx = s.ctx.data() + i * nq * D + h * dh;
+    if (packed) {  // the linear layers' kernel here too: sgemm is at its least efficient on k = dh = 64
+      pack_strided(k, T, dh, 3 * D, 1, scale, s.keys[worker]);
+      pmatmul(nq, q, 3 * D, s.keys[worker], 0, T, nullptr, att, T);
+      K.softmax(att, nq, T);
+      pack_strided(v, dh, T, 1, 3 * D, 1.0f, s.values[worker]);
+      pmatmul(nq, att, T, s.values[worker], 0, dh, nullptr, ctx, D);
+    } else {
+      matmul(nq, T, dh, q, 3 * D, k, 3 * D, att, T, true, scale);
+      K.softmax(att, nq, T);
+      matmul(nq, dh, T, att, T, v, 3 * D, ctx, D, false);
+    }
   });
   // tmp [Rq, D] = ctx W_o^T; x += ls1 * (tmp + b_o)
-  linear(Rq, 0, D, D, s.ctx.data(), D, L.out_w.data(), L.out_q, nullptr, tmp, D, team, [&](int64_t c0, int64_t c1) {
+  linear(Rq, 0, D, D, s.ctx.data(), D, L.out_w.data(), L.out_q, L.out_p, nullptr, tmp, D, team, [&](int64_t c0, int64_t c1) {
     residual_add(K, x, tmp, b, T, nq, D, c0, c1, L.out_b.data(), L.ls1);
   });
 
@@ -647,13 +689,13 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
   };
   if (c.swiglu) {
     // The gate pairs column j with M + j, so the activation runs split by rows.
-    linear(Rq, 0, 2 * M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, L.fc1_b.data(), mid, 2 * M, team, none);
+    linear(Rq, 0, 2 * M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, L.fc1_p, L.fc1_b.data(), mid, 2 * M, team, none);
     team.run(P, [&](int64_t t, int) { K.swiglu(mid, Rq * t / P, Rq * (t + 1) / P, M, nullptr); });
-    linear(Rq, 0, D, M, mid, 2 * M, L.fc2_w.data(), L.fc2_q, nullptr, tmp, D, team, add_fc2);
+    linear(Rq, 0, D, M, mid, 2 * M, L.fc2_w.data(), L.fc2_q, L.fc2_p, nullptr, tmp, D, team, add_fc2);
   } else {
-    linear(Rq, 0, M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, L.fc1_b.data(), mid, M, team,
+    linear(Rq, 0, M, D, s.xn.data(), D, L.fc1_w.data(), L.fc1_q, L.fc1_p, L.fc1_b.data(), mid, M, team,
            [&](int64_t c0, int64_t c1) { K.bias_act(mid, M, Rq, c0, c1, nullptr, act); });
-    linear(Rq, 0, D, M, mid, M, L.fc2_w.data(), L.fc2_q, nullptr, tmp, D, team, add_fc2);
+    linear(Rq, 0, D, M, mid, M, L.fc2_w.data(), L.fc2_q, L.fc2_p, nullptr, tmp, D, team, add_fc2);
   }
 }
 
@@ -684,7 +726,7 @@ void forward_chunk(const VitModel& m, const float* pos, const float* pixels, int
   for (int i = 0; i < b; ++i) {
     float* xi = s.x.data() + int64_t(i) * T * D;
     // The patch embedding stays float in the int8 mode (K = 588: 2% of the FLOPs).
-    linear(G, 0, D, K, s.patches.data() + int64_t(i) * G * K, K, W.patch_w.data(), QuantizedMatrix{}, nullptr,
+    linear(G, 0, D, K, s.patches.data() + int64_t(i) * G * K, K, W.patch_w.data(), QuantizedMatrix{}, W.patch_p, nullptr,
            xi + int64_t(first_patch) * D, D, team, [](int64_t, int64_t) {});
     for (int k = 0; k < D; ++k) xi[k] = W.cls[k] + pos[k];
     if (c.registers > 0) std::copy(W.registers.begin(), W.registers.end(), xi + D);
@@ -711,7 +753,9 @@ void forward_chunk(const VitModel& m, const float* pos, const float* pixels, int
       std::copy(s.x.begin(), s.x.begin() + int64_t(b) * T * D, last_hidden);
   }
   if (emb) {
-    if (c.proj_dim > 0)
+    if (c.proj_dim > 0 && !W.proj_p.empty())
+      pmatmul(b, pool, D, W.proj_p, 0, c.proj_dim, nullptr, emb, c.proj_dim);
+    else if (c.proj_dim > 0)
       matmul(b, c.proj_dim, D, pool, D, W.proj.data(), D, emb, c.proj_dim, true);
     else
       std::copy(pool, pool + int64_t(b) * D, emb);
@@ -825,7 +869,7 @@ namespace {
 
 class VitEncoder final : public Encoder {
  public:
-  explicit VitEncoder(VitModel m) : m_(std::move(m)) {
+  explicit VitEncoder(VitModel m) : m_(pack_vit_model(std::move(m))) {
     const VitConfig& c = m_.config;
     if (c.family == VitConfig::Family::dinov2) {
       pc_ = PreprocessConfig::dinov2();
@@ -887,7 +931,8 @@ std::unique_ptr<Encoder> make_vit_encoder(VitModel model) { return std::make_uni
 std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir, Precision precision) {
   VitModel m = load_vit_model(dir);
   if (precision == Precision::int8) return make_vit_encoder(quantize_vit_model(std::move(m)));
-  return make_vit_encoder(std::move(m));
+  // The fingerprint hashes the files: the float copies of packed layers can go.
+  return make_vit_encoder(pack_vit_model(std::move(m), /*keep_float=*/false));
 }
 
 std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir) { return load_vit_encoder(dir, precision_from_env()); }

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "encoder.h"
+#include "packed_gemm.h"
 #include "qgemm.h"
 
 namespace vismem {
@@ -81,6 +82,8 @@ struct VitLayerWeights {
   std::vector<float> ls2;           // [D] layer_scale2.lambda1 (DINOv2 only)
   // The int8 copies of the four linear layers (quantize_vit_model); empty in float models.
   QuantizedMatrix qkv_q, out_q, fc1_q, fc2_q;
+  // The same four packed for pmatmul (pack_vit_model); empty where not packed.
+  PackedMatrix qkv_p, out_p, fc1_p, fc2_p;
 };
 
 // Weights in PyTorch's [out, in] layout, float32.
@@ -95,6 +98,7 @@ struct VitWeights {
   std::vector<VitLayerWeights> layers;
   std::vector<float> final_ln_w, final_ln_b;  // [D] layernorm (DINOv2) / post_layernorm (CLIP)
   std::vector<float> proj;                    // [P, D] visual_projection.weight (CLIP)
+  PackedMatrix patch_p, proj_p;               // packed copies (pack_vit_model); empty where not packed
 };
 
 // f32: float32 throughout. int8: the four linear layers of every block run as
@@ -117,6 +121,15 @@ VitModel random_vit_model(const VitConfig& config, uint64_t seed = 1);
 // The opt-in int8 mode: adds the int8 copies of the linear layers (the float
 // weights stay, for the fingerprint and the float path's tests).
 VitModel quantize_vit_model(VitModel model);
+// Every weight matrix (patch embedding, the four linear layers per block,
+// CLIP's projection) packed once for pmatmul (packed_gemm.h), where
+// packed_gemm_preferred() (the avx2 kernel level); attention then runs on
+// pmatmul too. Elsewhere the model is returned as it is and sgemm runs. A
+// packed model's embedding of an image is bit-identical whatever the batch
+// and the thread count. keep_float = false frees the float copies of those
+// matrices (half the weights' memory; quantize_vit_model and the fingerprint
+// of an in-memory model need them). An int8 model is returned as it is.
+VitModel pack_vit_model(VitModel model, bool keep_float = true);
 
 struct VitOutputs {
   std::vector<float> embedding;    // n x dim(): DINOv2 pooler_output, CLIP image_embeds (not normalized)

@@ -1,0 +1,200 @@
+#include "packed_gemm.h"
+
+#include <algorithm>
+#include <string>
+
+#include "cpu.h"
+#include "error.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace vismem {
+
+namespace {
+
+constexpr int64_t kCols = PackedMatrix::kCols;
+constexpr int64_t kDepth = PackedMatrix::kDepth;
+constexpr int kRows = 4;           // rows of A per register tile (4 x 24 = 12 accumulators)
+constexpr int64_t kMaxBlockRows = 320;  // A rows packed at a time: 320 x 384 floats = 480 KB, this CPU's L2
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// The panel block of W for k block [k0, k0 + kc) and panel p: [kc][24].
+const float* panel(const PackedMatrix& w, int64_t k0, int64_t kc, int64_t p) {
+  return w.data.data() + k0 * round_up(w.n, kCols) + p * kc * kCols;
+}
+
+// A's rows [r0, r0 + mc) and columns [k0, k0 + kc) as micro-panels of kRows
+// rows, [kc][kRows] each (the last one [kc][rows left]): the kernel's row
+// loads become one sequential stream.
+void pack_a(const float* a, int64_t lda, int64_t r0, int64_t mc, int64_t k0, int64_t kc, float* out) {
+  for (int64_t i = 0; i < mc; i += kRows) {
+    const int64_t mr = std::min<int64_t>(kRows, mc - i);
+    float* o = out + i * kc;
+    for (int64_t r = 0; r < mr; ++r) {
+      const float* src = a + (r0 + i + r) * lda + k0;
+      for (int64_t kk = 0; kk < kc; ++kk) o[kk * mr + r] = src[kk];
+    }
+  }
+}
+
+// c[r, 0:24] (+)= sum_kk x[kk, r] * w[kk, 0:24] for r < MR, starting from init
+// (24 floats) or from c itself when init is null. Plain C++: the portable path.
+template <int MR>
+void tile_plain(int64_t kc, const float* x, const float* w, float* c, int64_t ldc, const float* init) {
+  for (int r = 0; r < MR; ++r) {
+    float acc[kCols];
+    for (int t = 0; t < kCols; ++t) acc[t] = init ? init[t] : c[r * ldc + t];
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      const float xv = x[kk * MR + r];
+      for (int t = 0; t < kCols; ++t) acc[t] += xv * w[kk * kCols + t];
+    }
+    for (int t = 0; t < kCols; ++t) c[r * ldc + t] = acc[t];
+  }
+}
+
+#if defined(__x86_64__)
+// The AVX2 tile: 4 rows x 3 vectors of accumulators, one broadcast per row and
+// k. Every loop is unrolled so the accumulators stay in registers (a loop
+// over them left in place spills them to the stack: 35% of the FMA rate).
+// noinline: inlined into the caller's loops GCC spilled them (as in qgemm).
+template <int MR>
+__attribute__((target("avx2,fma"), noinline)) void tile_avx2(int64_t kc, const float* x, const float* w, float* c,
+                                                            int64_t ldc, const float* init) {
+  __m256 acc[MR][3];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) acc[r][v] = _mm256_loadu_ps(init ? init + 8 * v : c + r * ldc + 8 * v);
+#pragma GCC unroll 4
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const __m256 w0 = _mm256_loadu_ps(w + kk * kCols), w1 = _mm256_loadu_ps(w + kk * kCols + 8),
+                 w2 = _mm256_loadu_ps(w + kk * kCols + 16);
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + kk * MR + r);
+      acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+      acc[r][2] = _mm256_fmadd_ps(xv, w2, acc[r][2]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) _mm256_storeu_ps(c + r * ldc + 8 * v, acc[r][v]);
+}
+#endif
+
+using TileFn = void (*)(int64_t, const float*, const float*, float*, int64_t, const float*);
+
+struct Tiles {
+  TileFn f[kRows + 1];  // f[mr]: a tile of mr rows
+};
+
+// By cpu_isa() at each call, so that VISMEM_ISA=portable (and the tests) run the plain tiles.
+const Tiles& tiles_for_cpu() {
+  static const Tiles plain = {{nullptr, tile_plain<1>, tile_plain<2>, tile_plain<3>, tile_plain<4>}};
+#if defined(__x86_64__)
+  static const Tiles avx2 = {{nullptr, tile_avx2<1>, tile_avx2<2>, tile_avx2<3>, tile_avx2<4>}};
+  if (cpu_isa() >= Isa::avx2) return avx2;
+#endif
+  return plain;
+}
+
+}  // namespace
+
+bool packed_gemm_preferred() { return cpu_isa() == Isa::avx2; }
+
+void pack_strided(const float* src, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride, float scale,
+                  PackedMatrix& out) {
+  if (n <= 0 || k <= 0)
+    throw Error("pack_rows: empty matrix (" + std::to_string(n) + " x " + std::to_string(k) + ")");
+  out.n = n;
+  out.k = k;
+  const int64_t np = round_up(n, kCols);
+  out.data.resize(size_t(np * k));  // reuses the capacity of an earlier packing
+  for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
+    const int64_t kc = std::min(kDepth, k - k0);
+    for (int64_t pn = 0; pn < np / kCols; ++pn) {
+      float* o = out.data.data() + k0 * np + pn * kc * kCols;
+      const int64_t cols = std::min(kCols, n - pn * kCols);
+      for (int64_t kk = 0; kk < kc; ++kk) {
+        const float* src_k = src + (k0 + kk) * col_stride + pn * kCols * row_stride;
+        for (int64_t t = 0; t < cols; ++t) o[kk * kCols + t] = src_k[t * row_stride] * scale;
+        std::fill(o + kk * kCols + cols, o + (kk + 1) * kCols, 0.0f);
+      }
+    }
+  }
+}
+
+PackedMatrix pack_rows(const float* w, int64_t n, int64_t k) {
+  PackedMatrix p;
+  pack_strided(w, n, k, k, 1, 1.0f, p);
+  return p;
+}
+
+void pmatmul(int64_t m, const float* a, int64_t lda, const PackedMatrix& w, int64_t c0, int64_t c1,
+             const float* bias, float* c, int64_t ldc) {
+  if (w.empty()) throw Error("pmatmul: the matrix is not packed");
+  if (c0 < 0 || c1 > w.n || c0 > c1)
+    throw Error("pmatmul: column range [" + std::to_string(c0) + ", " + std::to_string(c1) + ") is outside 0.." +
+                std::to_string(w.n));
+  if (m <= 0 || c0 == c1) return;
+  const Tiles& tiles = tiles_for_cpu();
+  const int64_t k = w.k;
+  const int64_t blocks = (m + kMaxBlockRows - 1) / kMaxBlockRows;
+  const int64_t mc_max = round_up((m + blocks - 1) / blocks, kRows);
+  thread_local std::vector<float> apack;  // [mc_max, kDepth] micro-panels of A
+  apack.resize(size_t(mc_max * std::min(kDepth, k)));
+
+  // Panels [p0, p1) cover [c0, c1). One that is only partly wanted (at either
+  // end of the range, or past w.n) is computed 24 wide into part [2][m, 24]
+  // and its wanted columns copied out at the end.
+  const int64_t p0 = c0 / kCols, p1 = (c1 + kCols - 1) / kCols;
+  auto wanted = [&](int64_t p, int64_t& lo, int64_t& hi) {
+    lo = std::max(c0, p * kCols);
+    hi = std::min(c1, (p + 1) * kCols);
+    return hi - lo == kCols;  // whole panel: written in place
+  };
+  thread_local std::vector<float> part;
+  part.resize(size_t(2 * m * kCols));
+  float part_bias[2][kCols] = {};
+  const float zero_bias[kCols] = {};
+  auto slot = [&](int64_t p) { return p == p0 ? 0 : 1; };
+  for (int64_t p : {p0, p1 - 1}) {
+    int64_t lo, hi;
+    if (!wanted(p, lo, hi) && bias)
+      for (int64_t col = p * kCols; col < std::min(w.n, (p + 1) * kCols); ++col)
+        part_bias[slot(p)][col - p * kCols] = bias[col];
+  }
+
+  for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
+    const int64_t kc = std::min(kDepth, k - k0);
+    for (int64_t r0 = 0; r0 < m; r0 += mc_max) {
+      const int64_t mc = std::min(mc_max, m - r0);
+      pack_a(a, lda, r0, mc, k0, kc, apack.data());
+      for (int64_t p = p0; p < p1; ++p) {
+        const float* wp = panel(w, k0, kc, p);
+        int64_t lo, hi;
+        const bool whole = wanted(p, lo, hi);
+        float* cb = whole ? c + p * kCols : part.data() + slot(p) * m * kCols;
+        const int64_t ldcb = whole ? ldc : kCols;
+        const float* init = k0 > 0 ? nullptr : (!whole ? part_bias[slot(p)] : bias ? bias + p * kCols : zero_bias);
+        for (int64_t i = 0; i < mc; i += kRows) {
+          const int64_t mr = std::min<int64_t>(kRows, mc - i);
+          tiles.f[mr](kc, apack.data() + i * kc, wp, cb + (r0 + i) * ldcb, ldcb, init);
+        }
+      }
+    }
+  }
+  for (int64_t p : {p0, p1 - 1}) {
+    int64_t lo, hi;
+    if (wanted(p, lo, hi)) continue;  // (p0 == p1 - 1: the same panel twice, copied twice)
+    const float* src = part.data() + slot(p) * m * kCols + (lo - p * kCols);
+    for (int64_t r = 0; r < m; ++r) std::copy(src + r * kCols, src + r * kCols + (hi - lo), c + r * ldc + lo);
+  }
+}
+
+}  // namespace vismem

@@ -1,0 +1,56 @@
+// packed_gemm.h: float32 products with a weight matrix packed once at load,
+// for the encoders' linear layers on AVX2 CPUs.
+//
+// Basic usage:
+//   vismem::PackedMatrix p = vismem::pack_rows(w.data(), n, k);  // W [n, k] (PyTorch layout), once
+//   vismem::pmatmul(m, a, k, p, 0, n, bias, c, n);                // C[m, 0:n] = A[m, k] W^T + bias
+//
+// Why not sgemm: OpenBLAS re-packs W on every call and its AVX2 kernel reached
+// 67-80% of this CPU's FMA peak on a ViT's shapes (257 token rows; k = 384 to
+// 3072); with W packed at load and a 4 x 24 register tile, 80-86%
+// (bench/README.md, "ViT encoders against PyTorch"). Where the packed kernel is
+// not the faster one it is not used: packed_gemm_preferred() says whether to
+// pack (the avx2 kernel level; OpenBLAS's own AVX-512 kernels are kept on
+// avx512 CPUs and its SSE ones at the portable level).
+//
+// Numerics: every output is bias + the k products summed in order k = 0, 1,
+// ... with FMA, independent of m, of the row's position in A and of the column
+// range: a row's result does not depend on the batch it came in. It differs
+// from sgemm's (another summation order) by float rounding only.
+// Thread safety: a PackedMatrix is read-only after pack_rows; pmatmul may run
+// from several threads at once (each packs A's blocks into its own buffer).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace vismem {
+
+struct PackedMatrix {
+  static constexpr int64_t kCols = 24;  // output columns per panel (three 8-float vectors)
+  static constexpr int64_t kDepth = 384;  // k per block: a panel block (36 KB) stays in L1/L2 while A's rows pass
+  int64_t n = 0, k = 0;
+  std::vector<float> data;  // [k blocks][n/24 panels, n padded with zero rows][block depth][24]
+  bool empty() const { return n == 0; }
+};
+
+// True where pmatmul beats sgemm on this CPU (cpu_isa() == avx2): callers pack only then.
+bool packed_gemm_preferred();
+
+// Packs W [n, k] row-major (row j = output column j). Throws on n or k <= 0.
+PackedMatrix pack_rows(const float* w, int64_t n, int64_t k);
+// Packs W[j, kk] = src[j * row_stride + kk * col_stride] * scale into out,
+// reusing its memory: per call operands such as attention's keys (rows of a
+// strided matrix, scale 1/sqrt(d) folded in) or values (transposed: row_stride 1).
+void pack_strided(const float* src, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride, float scale,
+                  PackedMatrix& out);
+
+// C[r, c] = bias[c] + sum_k A[r, k] W[c, k] for rows [0, m) and output columns
+// [c0, c1) (any range in [0, w.n]; whole panels of 24 are the fast case). A is
+// [m, w.k] with row stride lda, C has row stride ldc; bias ([w.n], absolute
+// columns) may be null (zero). Runs the AVX2+FMA kernel at the avx2 and avx512
+// levels of cpu_isa(), plain C++ at the portable level (the same sums in the
+// same order, rounded after each multiply where FMA rounds once).
+void pmatmul(int64_t m, const float* a, int64_t lda, const PackedMatrix& w, int64_t c0, int64_t c1,
+             const float* bias, float* c, int64_t ldc);
+
+}  // namespace vismem

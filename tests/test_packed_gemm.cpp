@@ -1,0 +1,132 @@
+// pmatmul (weights packed once) against a double-precision product, at every
+// kernel level this CPU runs, on shapes that leave partial panels, partial row
+// tiles and several k blocks; column ranges that start and end inside panels.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "cpu.h"
+#include "error.h"
+#include "packed_gemm.h"
+
+namespace {
+
+struct IsaGuard {
+  vismem::Isa saved = vismem::cpu_isa();
+  ~IsaGuard() { vismem::set_isa(saved); }
+};
+
+std::vector<float> randn(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// Worst |C - ref| / (sum_k |a w| + 1e-30) over the computed columns; -1 if a
+// column outside [c0, c1) was touched.
+double worst_error(int64_t m, int64_t n, int64_t k, const std::vector<float>& a, int64_t lda,
+                   const std::vector<float>& w, const float* bias, const std::vector<float>& c, int64_t ldc,
+                   int64_t c0, int64_t c1, float sentinel) {
+  double worst = 0;
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      const float got = c[r * ldc + j];
+      if (j < c0 || j >= c1) {
+        if (got != sentinel) return -1;
+        continue;
+      }
+      double ref = bias ? bias[j] : 0.0, mag = bias ? std::fabs(bias[j]) : 0.0;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        ref += double(a[r * lda + kk]) * w[j * k + kk];
+        mag += std::fabs(double(a[r * lda + kk]) * w[j * k + kk]);
+      }
+      worst = std::max(worst, std::fabs(got - ref) / (mag + 1e-30));
+    }
+  return worst;
+}
+
+}  // namespace
+
+TEST(PackedGemm, MatchesADoubleProductAtEveryLevel) {
+  IsaGuard guard;
+  struct Shape {
+    int64_t m, n, k, c0, c1;
+    bool bias;
+  };
+  // n = 257 and 64: attention's keys and values; k = 800 > PackedMatrix::kDepth;
+  // m = 5, 257: partial row tiles; c0 = 30: starts inside a panel.
+  const Shape shapes[] = {{1, 1, 1, 0, 1, true},       {3, 7, 5, 0, 7, false},      {4, 24, 64, 0, 24, true},
+                          {5, 25, 384, 0, 25, true},   {257, 257, 64, 0, 257, false}, {257, 64, 257, 0, 64, false},
+                          {9, 96, 800, 30, 77, true},  {330, 48, 385, 24, 48, true}, {7, 100, 3, 99, 100, false}};
+  for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {
+    vismem::set_isa(vismem::Isa(level));
+    for (const Shape& s : shapes) {
+      const int64_t lda = s.k + 3, ldc = s.n + 5;
+      const auto a = randn(size_t(s.m * lda), 1), w = randn(size_t(s.n * s.k), 2), b = randn(size_t(s.n), 3);
+      const vismem::PackedMatrix p = vismem::pack_rows(w.data(), s.n, s.k);
+      const float sentinel = -7.25f;
+      std::vector<float> c(size_t(s.m * ldc), sentinel);
+      vismem::pmatmul(s.m, a.data(), lda, p, s.c0, s.c1, s.bias ? b.data() : nullptr, c.data(), ldc);
+      const double e = worst_error(s.m, s.n, s.k, a, lda, w, s.bias ? b.data() : nullptr, c, ldc, s.c0, s.c1, sentinel);
+      EXPECT_GE(e, 0) << "a column outside the range was written: " << s.m << "x" << s.n << "x" << s.k;
+      // float32 sums of k products: relative to sum |a w|, within a few k * 2^-24
+      EXPECT_LT(e, 4e-7 * std::sqrt(double(s.k)) + 1e-7)
+          << vismem::isa_name(vismem::Isa(level)) << " " << s.m << "x" << s.n << "x" << s.k;
+    }
+  }
+}
+
+TEST(PackedGemm, ARowsResultDoesNotDependOnItsBatch) {
+  // Every output is the same sequence of FMAs whatever m, the row's position
+  // and the column range: bit-identical, which makes a ViT's embedding of an
+  // image independent of the batch and of the thread split.
+  const int64_t m = 11, n = 72, k = 450;
+  const auto a = randn(size_t(m * k), 4), w = randn(size_t(n * k), 5), b = randn(size_t(n), 6);
+  const vismem::PackedMatrix p = vismem::pack_rows(w.data(), n, k);
+  std::vector<float> all(size_t(m * n));
+  vismem::pmatmul(m, a.data(), k, p, 0, n, b.data(), all.data(), n);
+  for (int64_t r = 0; r < m; ++r) {
+    std::vector<float> one(static_cast<size_t>(n));
+    vismem::pmatmul(1, a.data() + r * k, k, p, 0, 48, b.data(), one.data(), n);
+    vismem::pmatmul(1, a.data() + r * k, k, p, 48, n, b.data(), one.data(), n);
+    for (int64_t j = 0; j < n; ++j) ASSERT_EQ(one[j], all[r * n + j]) << r << "," << j;
+  }
+}
+
+TEST(PackedGemm, StridedPackingTransposesAndScales) {
+  // pack_strided from a transposed source (row_stride 1) with a scale equals
+  // pack_rows of the explicitly transposed, scaled matrix.
+  const int64_t n = 30, k = 41, ld = 50;
+  const auto src = randn(size_t(k * ld), 7);  // [k, ld]: W[j, kk] = src[kk * ld + j]
+  std::vector<float> wt(size_t(n * k));
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t kk = 0; kk < k; ++kk) wt[j * k + kk] = src[kk * ld + j] * 0.5f;
+  vismem::PackedMatrix strided;
+  vismem::pack_strided(src.data(), n, k, 1, ld, 0.5f, strided);
+  EXPECT_EQ(strided.data, vismem::pack_rows(wt.data(), n, k).data);
+  // Reuse: a smaller packing into the same matrix leaves no stale values behind.
+  vismem::pack_strided(src.data(), 5, 3, 1, ld, 1.0f, strided);
+  EXPECT_EQ(strided.n, 5);
+  EXPECT_EQ(strided.k, 3);
+  std::vector<float> w5(15);
+  for (int64_t j = 0; j < 5; ++j)
+    for (int64_t kk = 0; kk < 3; ++kk) w5[j * 3 + kk] = src[kk * ld + j];
+  EXPECT_EQ(strided.data, vismem::pack_rows(w5.data(), 5, 3).data);
+}
+
+TEST(PackedGemm, BadArgumentsAreRefused) {
+  const std::vector<float> w(12, 1.0f), a(8, 1.0f);
+  EXPECT_THROW(vismem::pack_rows(w.data(), 0, 3), vismem::Error);
+  EXPECT_THROW(vismem::pack_rows(w.data(), 4, -1), vismem::Error);
+  const vismem::PackedMatrix p = vismem::pack_rows(w.data(), 4, 3);
+  std::vector<float> c(8);
+  EXPECT_THROW(vismem::pmatmul(2, a.data(), 3, p, 2, 5, nullptr, c.data(), 4), vismem::Error);
+  EXPECT_THROW(vismem::pmatmul(2, a.data(), 3, p, 3, 2, nullptr, c.data(), 4), vismem::Error);
+  EXPECT_THROW(vismem::pmatmul(2, a.data(), 3, vismem::PackedMatrix{}, 0, 0, nullptr, c.data(), 4), vismem::Error);
+  vismem::pmatmul(2, a.data(), 3, p, 0, 4, nullptr, c.data(), 4);
+  for (float x : c) EXPECT_EQ(x, 3.0f);
+}
