@@ -341,17 +341,20 @@ VitModel quantize_vit_model(VitModel m) {
   const VitConfig& c = m.config;
   const int64_t D = c.hidden, M1 = c.swiglu ? 2 * int64_t(c.mlp) : c.mlp, M = c.mlp;
   for (VitLayerWeights& L : m.weights.layers) {
+    if (L.qkv_w.empty() || L.out_w.empty() || L.fc1_w.empty() || L.fc2_w.empty())
+      throw Error("quantize_vit_model: the float weights were freed (pack_vit_model with keep_float = false)");
     L.qkv_q = quantize_rows(L.qkv_w.data(), 3 * D, D);
     L.out_q = quantize_rows(L.out_w.data(), D, D);
     L.fc1_q = quantize_rows(L.fc1_w.data(), M1, D);
     L.fc2_q = quantize_rows(L.fc2_w.data(), D, M);
+    L.qkv_p = L.out_p = L.fc1_p = L.fc2_p = PackedMatrix{};  // float copies, if packed: the int8 ones run
   }
   m.precision = VitPrecision::int8;
   return m;
 }
 
 VitModel pack_vit_model(VitModel m, bool keep_float) {
-  if (m.precision != VitPrecision::f32 || !packed_gemm_preferred()) return m;
+  if (!packed_gemm_preferred()) return m;
   const VitConfig& c = m.config;
   const int64_t D = c.hidden, M1 = c.swiglu ? 2 * int64_t(c.mlp) : c.mlp, M = c.mlp;
   // Everything that multiplies by a weight matrix, so that no sgemm is left
@@ -361,6 +364,12 @@ VitModel pack_vit_model(VitModel m, bool keep_float) {
   if (W.proj_p.empty() && c.proj_dim > 0) W.proj_p = pack_rows(W.proj.data(), c.proj_dim, D);
   if (!keep_float)
     for (auto* v : {&W.patch_w, &W.proj}) std::vector<float>().swap(*v);
+  if (m.precision == VitPrecision::int8) {  // its linear layers run on qmatmul
+    if (!keep_float)
+      for (VitLayerWeights& L : W.layers)
+        for (auto* v : {&L.qkv_w, &L.out_w, &L.fc1_w, &L.fc2_w}) std::vector<float>().swap(*v);
+    return m;
+  }
   for (VitLayerWeights& L : m.weights.layers) {
     if (!L.qkv_p.empty()) continue;  // packed already
     L.qkv_p = pack_rows(L.qkv_w.data(), 3 * D, D);
@@ -628,11 +637,12 @@ void layer_norm_par(const VitKernels& K, const float* x, int64_t ldx, int64_t ro
 // One pre-norm transformer block over b images of T tokens. nq = T computes every
 // token's output; nq = 1 only the CLS token's (enough for the last block when
 // only the pooled output is wanted: K and V still come from all tokens).
+// packed: attention on pmatmul (the model was packed, pack_vit_model).
 // team: the threads inside the block (columns of each linear layer, heads of the
 // attention; team.h explains why not OpenMP); a team of 1 when whole images are
 // spread over threads instead.
 void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T, int nq,
-           Team& team) {
+           bool packed, Team& team) {
   const int P = team.size();
   const int D = c.hidden, H = c.heads, dh = c.head_dim(), M = c.mlp;
   const int64_t R = int64_t(b) * T, Rq = int64_t(b) * nq;
@@ -643,7 +653,6 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
   float* tmp = s.tmp.data();
   float* mid = s.mid.data();
   const VitAct act = kernel_act(c.act);
-  const bool packed = !L.qkv_p.empty();
 
   // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b. With nq = 1 only the CLS
   // rows' queries are needed: q for those rows, k and v for all.
@@ -738,7 +747,7 @@ void forward_chunk(const VitModel& m, const float* pos, const float* pixels, int
 
   for (int l = 0; l < c.layers; ++l) {
     const bool cls_only = l == c.layers - 1 && last_hidden == nullptr;
-    block(kern, c, W.layers[l], s, b, T, cls_only ? 1 : T, team);
+    block(kern, c, W.layers[l], s, b, T, cls_only ? 1 : T, !W.patch_p.empty(), team);
   }
 
   // pooler [b, D] = final LN of the CLS rows (T*D apart)
@@ -930,7 +939,8 @@ std::unique_ptr<Encoder> make_vit_encoder(VitModel model) { return std::make_uni
 
 std::unique_ptr<Encoder> load_vit_encoder(const std::string& dir, Precision precision) {
   VitModel m = load_vit_model(dir);
-  if (precision == Precision::int8) return make_vit_encoder(quantize_vit_model(std::move(m)));
+  if (precision == Precision::int8)
+    return make_vit_encoder(pack_vit_model(quantize_vit_model(std::move(m)), /*keep_float=*/false));
   // The fingerprint hashes the files: the float copies of packed layers can go.
   return make_vit_encoder(pack_vit_model(std::move(m), /*keep_float=*/false));
 }

@@ -128,7 +128,8 @@ VitModel quantize_vit_model(VitModel model);
 // packed model's embedding of an image is bit-identical whatever the batch
 // and the thread count. keep_float = false frees the float copies of those
 // matrices (half the weights' memory; quantize_vit_model and the fingerprint
-// of an in-memory model need them). An int8 model is returned as it is.
+// of an in-memory model need them). In an int8 model the linear layers stay
+// int8 (qmatmul); the patch embedding, projection and attention are packed.
 VitModel pack_vit_model(VitModel model, bool keep_float = true);
 
 struct VitOutputs {
