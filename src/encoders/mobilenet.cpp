@@ -13,6 +13,7 @@
 #include "error.h"
 #include "hash.h"
 #include "linalg.h"
+#include "packed_gemm.h"
 #include "preprocess.h"
 #include "qgemm.h"
 #include "team.h"
@@ -58,6 +59,7 @@ struct Layer {
   std::vector<float> b;  // [O]
   std::vector<float> w_grid;  // conv: [O] the file's weight scale per output channel (w is an integer multiple of it)
   QuantizedMatrix q;     // the int8 copy of w (1x1 convs of an int8 model); empty otherwise
+  PackedMatrix p;        // w packed for pmatmul (the convs of a float32 model where packed_gemm_preferred())
 
   bool pointwise() const { return kind == Kind::conv && kh == 1 && kw == 1 && sh == 1 && sw == 1; }
   int64_t k() const { return int64_t{kh} * kw * in.c; }  // im2col row length
@@ -490,9 +492,11 @@ void run_layer(const Kernels& k, const Layer& L, const float* x, const float* x1
           parallel_ranges(team, m, 256, [&](int64_t b, int64_t e, int) { k.conv_pointwise(L, x, y, b, e, 0, co); });
         } else {
           // Few pixels (the 7x7 and 14x14 layers): split the output channels
-          // instead, so each thread packs only its part of the weights.
-          parallel_ranges(team, (co + 15) / 16, 1, [&](int64_t b, int64_t e, int) {
-            k.conv_pointwise(L, x, y, 0, m, static_cast<int>(b * 16), static_cast<int>(std::min<int64_t>(co, e * 16)));
+          // instead, so each thread packs only its part of the weights
+          // (whole panels of packed weights, or 16-column vectors).
+          const int unit = L.p.empty() ? 16 : int(PackedMatrix::kCols);
+          parallel_ranges(team, (co + unit - 1) / unit, 1, [&](int64_t b, int64_t e, int) {
+            k.conv_pointwise(L, x, y, 0, m, static_cast<int>(b * unit), static_cast<int>(std::min<int64_t>(co, e * unit)));
           });
         }
       } else {
@@ -612,6 +616,9 @@ std::unique_ptr<MobileNet> MobileNet::load(std::vector<uint8_t> bytes, const std
       // the few channels whose codes reach past 127 from the zero point).
       if (L.pointwise())
         L.q = quantize_rows(L.w.data(), L.out_shape.c, L.in.c, L.w_grid.empty() ? nullptr : L.w_grid.data());
+  if (precision == Precision::f32 && packed_gemm_preferred())
+    for (Layer& L : impl->layers)
+      if (L.kind == Kind::conv) L.p = pack_rows(L.w.data(), L.out_shape.c, L.k());
   impl->path = path;
   impl->sha256 = sha256_hex(m.bytes.data(), m.bytes.size());
   impl->pre = PreprocessConfig::mobilenet();

@@ -7,7 +7,8 @@
 // sets the vector width; the loops the compiler vectorizes itself pick up the
 // level's instructions from the pragma.
 //
-// Needs, from the including file: Layer, matmul() (linalg.h), qmatmul() (qgemm.h), <algorithm>,
+// Needs, from the including file: Layer, matmul() (linalg.h), qmatmul() (qgemm.h), pmatmul()
+// (packed_gemm.h), <algorithm>,
 // <cstring>, <limits>.
 #if !defined(VISMEM_MN_LEVEL)
 #error "mobilenet_kernels.inl is included by mobilenet.cpp with VISMEM_MN_LEVEL set"
@@ -41,6 +42,11 @@ void conv_pointwise(const Layer& L, const float* in, float* out, int64_t p0, int
     epi.lo = L.lo;
     epi.hi = L.hi;
     qmatmul(p1 - p0, in + p0 * ci, ci, L.q, n0, n1, out + p0 * co, co, epi);
+    return;
+  }
+  if (!L.p.empty()) {  // weights packed at load: the bias is pmatmul's starting value
+    pmatmul(p1 - p0, in + p0 * ci, ci, L.p, n0, n1, L.b.data(), out + p0 * co, co);
+    clamp_rows(out + p0 * co + n0, p1 - p0, n1 - n0, co, L.lo, L.hi);
     return;
   }
   fill_bias(out + p0 * co + n0, p1 - p0, n1 - n0, co, L.b.data() + n0);
@@ -81,8 +87,12 @@ void conv_im2col(const Layer& L, const float* in, float* out, int y0, int y1, fl
     }
     // out rows [ty, ty+rows): [rows*ow, co] = col [rows*ow, k] x w [co, k]^T
     float* o = out + int64_t{ty} * ow * co;
-    fill_bias(o, int64_t{rows} * ow, co, co, L.b.data());
-    matmul(int64_t{rows} * ow, co, k, col, k, L.w.data(), k, o, co, /*b_transposed=*/true, 1.0f, /*beta=*/1.0f);
+    if (!L.p.empty()) {
+      pmatmul(int64_t{rows} * ow, col, k, L.p, 0, co, L.b.data(), o, co);
+    } else {
+      fill_bias(o, int64_t{rows} * ow, co, co, L.b.data());
+      matmul(int64_t{rows} * ow, co, k, col, k, L.w.data(), k, o, co, /*b_transposed=*/true, 1.0f, /*beta=*/1.0f);
+    }
     clamp_rows(o, int64_t{rows} * ow, co, co, L.lo, L.hi);
   }
 }
