@@ -433,6 +433,28 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     if (anchor) std::printf("  %s vs torch (%d images, same weights): %s\n", row.name, check_n, check.c_str());
+    // Thread scaling of ours, 1 thread against the most in --threads, the two
+    // taking turns run by run (the cases above ran minutes apart, and this
+    // machine's speed drifts by more than the effect).
+    const int tmax = *std::max_element(thread_list.begin(), thread_list.end());
+    if (tmax > 1) {
+      std::printf("  %s, ours, %d threads vs 1 (alternating; median of per-round ratios):", row.name, tmax);
+      for (int batch : batch_list) {
+        const int reps = batch == 1 ? (quick ? 3 : 9) : (quick ? 1 : 3);
+        const auto once = [&](int threads) {
+          const auto t = Clock::now();
+          vismem::vit_embed(m, px.data(), batch, S, S, out.data(), threads);
+          return std::chrono::duration<double>(Clock::now() - t).count();
+        };
+        std::vector<double> r;
+        for (int i = 0; i < reps; ++i) {
+          const double one = once(1);
+          r.push_back(one / once(tmax));
+        }
+        std::printf(" batch %d %.2fx", batch, median(r));
+      }
+      std::printf("\n");
+    }
     if (int8) {
       std::vector<float> f(size_t(max_batch) * row.cfg.dim()), q(f.size());
       vismem::vit_embed(m, px.data(), max_batch, S, S, f.data(), 1);

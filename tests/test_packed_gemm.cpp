@@ -10,6 +10,7 @@
 #include "cpu.h"
 #include "error.h"
 #include "packed_gemm.h"
+#include "util_test.h"
 
 namespace {
 
@@ -18,13 +19,7 @@ struct IsaGuard {
   ~IsaGuard() { vismem::set_isa(saved); }
 };
 
-std::vector<float> randn(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd;
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
+using vismem::test::random_normal;
 
 // Worst |C - ref| / (sum_k |a w| + 1e-30) over the computed columns; -1 if a
 // column outside [c0, c1) was touched.
@@ -66,7 +61,7 @@ TEST(PackedGemm, MatchesADoubleProductAtEveryLevel) {
     vismem::set_isa(vismem::Isa(level));
     for (const Shape& s : shapes) {
       const int64_t lda = s.k + 3, ldc = s.n + 5;
-      const auto a = randn(size_t(s.m * lda), 1), w = randn(size_t(s.n * s.k), 2), b = randn(size_t(s.n), 3);
+      const auto a = random_normal(size_t(s.m * lda), 1), w = random_normal(size_t(s.n * s.k), 2), b = random_normal(size_t(s.n), 3);
       const vismem::PackedMatrix p = vismem::pack_rows(w.data(), s.n, s.k);
       const float sentinel = -7.25f;
       std::vector<float> c(size_t(s.m * ldc), sentinel);
@@ -85,7 +80,7 @@ TEST(PackedGemm, ARowsResultDoesNotDependOnItsBatch) {
   // and the column range: bit-identical, which makes a ViT's embedding of an
   // image independent of the batch and of the thread split.
   const int64_t m = 11, n = 72, k = 450;
-  const auto a = randn(size_t(m * k), 4), w = randn(size_t(n * k), 5), b = randn(size_t(n), 6);
+  const auto a = random_normal(size_t(m * k), 4), w = random_normal(size_t(n * k), 5), b = random_normal(size_t(n), 6);
   const vismem::PackedMatrix p = vismem::pack_rows(w.data(), n, k);
   std::vector<float> all(size_t(m * n));
   vismem::pmatmul(m, a.data(), k, p, 0, n, b.data(), all.data(), n);
@@ -101,7 +96,7 @@ TEST(PackedGemm, StridedPackingTransposesAndScales) {
   // pack_strided from a transposed source (row_stride 1) with a scale equals
   // pack_rows of the explicitly transposed, scaled matrix.
   const int64_t n = 30, k = 41, ld = 50;
-  const auto src = randn(size_t(k * ld), 7);  // [k, ld]: W[j, kk] = src[kk * ld + j]
+  const auto src = random_normal(size_t(k * ld), 7);  // [k, ld]: W[j, kk] = src[kk * ld + j]
   std::vector<float> wt(size_t(n * k));
   for (int64_t j = 0; j < n; ++j)
     for (int64_t kk = 0; kk < k; ++kk) wt[j * k + kk] = src[kk * ld + j] * 0.5f;

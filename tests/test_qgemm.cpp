@@ -13,16 +13,11 @@
 #include "cpu.h"
 #include "error.h"
 #include "linalg.h"
+#include "util_test.h"
 
 namespace {
 
-std::vector<float> normal(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd;
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
+using vismem::test::random_normal;
 
 struct IsaGuard {
   vismem::Isa saved = vismem::cpu_isa();
@@ -34,7 +29,7 @@ struct IsaGuard {
 TEST(Qgemm, CloseToTheFloatProductAndEqualAcrossLevels) {
   IsaGuard guard;
   for (auto [m, n, k] : {std::array<int64_t, 3>{7, 29, 37}, {130, 48, 384}, {1, 16, 4}, {5, 1, 3}}) {
-    const std::vector<float> a = normal(size_t(m * k), 1), w = normal(size_t(n * k), 2);
+    const std::vector<float> a = random_normal(size_t(m * k), 1), w = random_normal(size_t(n * k), 2);
     std::vector<float> ref(size_t(m * n));
     vismem::matmul(m, n, k, a.data(), k, w.data(), k, ref.data(), n, true);
     const vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);
@@ -59,7 +54,7 @@ TEST(Qgemm, CloseToTheFloatProductAndEqualAcrossLevels) {
 
 TEST(Qgemm, ColumnRangeWritesOnlyItsColumns) {
   const int64_t m = 9, n = 40, k = 20;
-  const std::vector<float> a = normal(size_t(m * k), 3), w = normal(size_t(n * k), 4);
+  const std::vector<float> a = random_normal(size_t(m * k), 3), w = random_normal(size_t(n * k), 4);
   const vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);
   std::vector<float> all(size_t(m * n)), part(size_t(m * n), 0.0f);
   vismem::qmatmul(m, a.data(), k, q, 0, n, all.data(), n);
@@ -80,7 +75,7 @@ TEST(Qgemm, ColumnRangeWritesOnlyItsColumns) {
 TEST(Qgemm, EpilogueAddsBiasThenClamps) {
   IsaGuard guard;
   const int64_t m = 11, n = 37, k = 45;
-  const std::vector<float> a = normal(size_t(m * k), 5), w = normal(size_t(n * k), 6), bias = normal(size_t(n), 7);
+  const std::vector<float> a = random_normal(size_t(m * k), 5), w = random_normal(size_t(n * k), 6), bias = random_normal(size_t(n), 7);
   const vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);
   std::vector<std::vector<float>> outs;
   for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {

@@ -394,6 +394,28 @@ TEST(VitIsa, NeverAboveTheCpu) {
   EXPECT_EQ(vismem::vit_kernels().isa, vismem::Isa::portable);
 }
 
+namespace {
+
+// The 3 fixture images through model p: batched on 1 thread, batched on 2
+// (each split), and one at a time on 2 threads give bit-identical embeddings.
+void expect_batch_independent(const vismem::VitModel& p) {
+  const Arr in = load(kFix + "/dinov2_tiny/input_56.npy");
+  std::vector<float> batch(3 * 64);
+  vismem::vit_embed(p, in.v.data(), 3, 56, 56, batch.data(), 1);
+  for (auto split : {vismem::VitSplit::images, vismem::VitSplit::tokens}) {
+    std::vector<float> emb(3 * 64);
+    vismem::vit_embed(p, in.v.data(), 3, 56, 56, emb.data(), 2, split);
+    EXPECT_EQ(emb, batch) << int(split);
+  }
+  for (int i = 0; i < 3; ++i) {
+    std::vector<float> one(64);
+    vismem::vit_embed(p, in.v.data() + i * 3 * 56 * 56, 1, 56, 56, one.data(), 2);
+    EXPECT_EQ(one, std::vector<float>(batch.begin() + i * 64, batch.begin() + (i + 1) * 64)) << i;
+  }
+}
+
+}  // namespace
+
 TEST(VitPacked, MatchesHFAndTheSgemmPathAtEveryLevel) {
   // The linear layers and attention on weights packed once (pmatmul), as the
   // encoder runs them where packed_gemm_preferred(): packed at the avx2 level
@@ -434,19 +456,21 @@ TEST(VitPacked, AnImagesEmbeddingDoesNotDependOnItsBatchOrThreads) {
   if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
   vismem::set_isa(vismem::Isa::avx2);
   const vismem::VitModel p = vismem::pack_vit_model(vismem::load_vit_model(kFix + "/dinov2_tiny"));
-  const Arr in = load(kFix + "/dinov2_tiny/input_56.npy");
-  std::vector<float> batch(3 * 64);
-  vismem::vit_embed(p, in.v.data(), 3, 56, 56, batch.data(), 1);
-  for (auto split : {vismem::VitSplit::images, vismem::VitSplit::tokens}) {
-    std::vector<float> emb(3 * 64);
-    vismem::vit_embed(p, in.v.data(), 3, 56, 56, emb.data(), 2, split);
-    EXPECT_EQ(emb, batch) << int(split);
-  }
-  for (int i = 0; i < 3; ++i) {
-    std::vector<float> one(64);
-    vismem::vit_embed(p, in.v.data() + i * 3 * 56 * 56, 1, 56, 56, one.data(), 2);
-    EXPECT_EQ(one, std::vector<float>(batch.begin() + i * 64, batch.begin() + (i + 1) * 64)) << i;
-  }
+  expect_batch_independent(p);
+}
+
+TEST(VitInt8, PackedAnImagesEmbeddingDoesNotDependOnItsBatchOrThreads) {
+  // int8 linear layers quantize each row on its own and sum exactly; with the
+  // float products (patch embedding, attention) packed, nothing is left that
+  // depends on the rows beside an image's: bit-identical in any batch or split.
+  IsaGuard guard;
+  if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
+  vismem::set_isa(vismem::Isa::avx2);
+  const vismem::VitModel p =
+      vismem::pack_vit_model(vismem::quantize_vit_model(vismem::load_vit_model(kFix + "/dinov2_tiny")));
+  ASSERT_FALSE(p.weights.patch_p.empty());
+  ASSERT_TRUE(p.weights.layers[0].qkv_p.empty());  // the linear layers stay int8
+  expect_batch_independent(p);
 }
 
 TEST(VitInt8, CloseToHFAtEveryLevel) {

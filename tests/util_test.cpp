@@ -23,6 +23,14 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path, ec);
 }
 
+std::vector<float> random_normal(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
 std::vector<float> random_unit(int64_t n, int d, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> g;

@@ -16,6 +16,9 @@ struct TempDir {
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
+// n standard-normal floats (deterministic in seed).
+std::vector<float> random_normal(size_t n, uint32_t seed);
+
 // n * d standard-normal floats, rows normalized to unit length.
 std::vector<float> random_unit(int64_t n, int d, uint32_t seed);
 

@@ -616,9 +616,10 @@ std::unique_ptr<MobileNet> MobileNet::load(std::vector<uint8_t> bytes, const std
       // the few channels whose codes reach past 127 from the zero point).
       if (L.pointwise())
         L.q = quantize_rows(L.w.data(), L.out_shape.c, L.in.c, L.w_grid.empty() ? nullptr : L.w_grid.data());
-  if (precision == Precision::f32 && packed_gemm_preferred())
+  // The float convs on packed weights (in the int8 mode: the first, 3x3 one).
+  if (packed_gemm_preferred())
     for (Layer& L : impl->layers)
-      if (L.kind == Kind::conv) L.p = pack_rows(L.w.data(), L.out_shape.c, L.k());
+      if (L.kind == Kind::conv && L.q.empty()) L.p = pack_rows(L.w.data(), L.out_shape.c, L.k());
   impl->path = path;
   impl->sha256 = sha256_hex(m.bytes.data(), m.bytes.size());
   impl->pre = PreprocessConfig::mobilenet();

@@ -24,12 +24,15 @@
 // the epilogue); the first 3x3 conv, the depthwise convs and the pooling stay
 // float32. The file's uint8 weights are kept exactly (quantize_rows' grid) but
 // for the few channels whose codes reach past 127 from the zero point.
-// Embeddings: cosine >= 0.999 to float32's; batch size and threads move them
-// slightly (cosine > 0.9995: a last-bit difference in a float layer can flip a
-// rounding of the next layer's activations). fingerprint() ends in "|int8".
+// Embeddings: cosine >= 0.999 to float32's. fingerprint() ends in "|int8".
 // Kernels: per vector ISA level (portable, AVX2, AVX-512; mobilenet_kernels.inl),
-// chosen at run time by cpu_isa(); the 1x1 and im2col convs are OpenBLAS
-// sgemm, which picks its own kernels by CPU.
+// chosen at run time by cpu_isa(). The float convs (all of them in float32,
+// the first one in int8) run on weights packed at load (pmatmul,
+// packed_gemm.h) where packed_gemm_preferred() (the avx2 level): an image's
+// embedding is then bit-identical whatever the batch and threads. Elsewhere
+// they are OpenBLAS sgemm, and batch size and threads move the embeddings
+// slightly (float32 ~1e-7; int8 cosine > 0.9995: a last-bit difference in a
+// float layer can flip a rounding of the next layer's activations).
 // Thread safety: read-only after load; forward() / run_full() may run from
 // several threads at once (each call allocates its own scratch). They thread
 // themselves (team.h) and so set OpenBLAS to one thread (set_blas_threads(1)).
