@@ -70,18 +70,21 @@ void pack_a(const float* a, int64_t lda, int64_t r0, int64_t mc, int64_t k0, int
   }
 }
 
-// c[r, 0:24] (+)= sum_kk x[kk, r] * w[kk, 0:24] for r < MR, starting from init
-// (24 floats) or from c itself when init is null. Plain C++: the portable path.
+// c[r, lo:hi] (+)= sum_kk x[kk, r] * w[kk, lo:hi] for r < MR, starting from
+// init[lo:hi] (init: 24 floats) or from c itself when init is null; c points
+// at the panel's column 0, and columns outside [lo, hi) of the panel are
+// neither read nor written (they may lie before c0 or past the matrix's last
+// column). Plain C++: the portable path.
 template <int MR>
-void tile_plain(int64_t kc, const float* x, const float* w, float* c, int64_t ldc, const float* init) {
+void tile_plain(int64_t kc, const float* x, const float* w, float* c, int64_t ldc, const float* init, int lo, int hi) {
   for (int r = 0; r < MR; ++r) {
     float acc[kCols];
-    for (int t = 0; t < kCols; ++t) acc[t] = init ? init[t] : c[r * ldc + t];
+    for (int t = lo; t < hi; ++t) acc[t] = init ? init[t] : c[r * ldc + t];
     for (int64_t kk = 0; kk < kc; ++kk) {
       const float xv = x[kk * MR + r];
-      for (int t = 0; t < kCols; ++t) acc[t] += xv * w[kk * kCols + t];
+      for (int t = lo; t < hi; ++t) acc[t] += xv * w[kk * kCols + t];
     }
-    for (int t = 0; t < kCols; ++t) c[r * ldc + t] = acc[t];
+    for (int t = lo; t < hi; ++t) c[r * ldc + t] = acc[t];
   }
 }
 
@@ -90,14 +93,30 @@ void tile_plain(int64_t kc, const float* x, const float* w, float* c, int64_t ld
 // k. Every loop is unrolled so the accumulators stay in registers (a loop
 // over them left in place spills them to the stack: 35% of the FMA rate).
 // noinline: inlined into the caller's loops GCC spilled them (as in qgemm).
-template <int MR>
+// Masked: only lanes [lo, hi) of C are loaded and stored (maskload /
+// maskstore never touch the others); else the whole panel and lo, hi unused.
+template <int MR, bool Masked>
 __attribute__((target("avx2,fma"), noinline)) void tile_avx2(int64_t kc, const float* x, const float* w, float* c,
-                                                            int64_t ldc, const float* init) {
+                                                            int64_t ldc, const float* init, int lo, int hi) {
+  __m256i mask[3];
+  if constexpr (Masked)
+    for (int v = 0; v < 3; ++v) {
+      const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * v));
+      mask[v] = _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(lo - 1)),
+                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane));
+    }
   __m256 acc[MR][3];
 #pragma GCC unroll 4
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 3
-    for (int v = 0; v < 3; ++v) acc[r][v] = _mm256_loadu_ps(init ? init + 8 * v : c + r * ldc + 8 * v);
+    for (int v = 0; v < 3; ++v) {
+      if (init)
+        acc[r][v] = _mm256_loadu_ps(init + 8 * v);
+      else if constexpr (Masked)
+        acc[r][v] = _mm256_maskload_ps(c + r * ldc + 8 * v, mask[v]);
+      else
+        acc[r][v] = _mm256_loadu_ps(c + r * ldc + 8 * v);
+    }
 #pragma GCC unroll 4
   for (int64_t kk = 0; kk < kc; ++kk) {
     const __m256 w0 = _mm256_loadu_ps(w + kk * kCols), w1 = _mm256_loadu_ps(w + kk * kCols + 8),
@@ -113,21 +132,30 @@ __attribute__((target("avx2,fma"), noinline)) void tile_avx2(int64_t kc, const f
 #pragma GCC unroll 4
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 3
-    for (int v = 0; v < 3; ++v) _mm256_storeu_ps(c + r * ldc + 8 * v, acc[r][v]);
+    for (int v = 0; v < 3; ++v) {
+      if constexpr (Masked)
+        _mm256_maskstore_ps(c + r * ldc + 8 * v, mask[v], acc[r][v]);
+      else
+        _mm256_storeu_ps(c + r * ldc + 8 * v, acc[r][v]);
+    }
 }
 #endif
 
-using TileFn = void (*)(int64_t, const float*, const float*, float*, int64_t, const float*);
+using TileFn = void (*)(int64_t, const float*, const float*, float*, int64_t, const float*, int, int);
 
 struct Tiles {
-  TileFn f[kRows + 1];  // f[mr]: a tile of mr rows
+  TileFn whole[kRows + 1];  // [mr]: a tile of mr rows, all 24 columns
+  TileFn part[kRows + 1];   // [mr]: columns [lo, hi) of the panel only
 };
 
 // By cpu_isa() at each call, so that VISMEM_ISA=portable (and the tests) run the plain tiles.
 const Tiles& tiles_for_cpu() {
-  static const Tiles plain = {{nullptr, tile_plain<1>, tile_plain<2>, tile_plain<3>, tile_plain<4>}};
+  static const Tiles plain = {{nullptr, tile_plain<1>, tile_plain<2>, tile_plain<3>, tile_plain<4>},
+                              {nullptr, tile_plain<1>, tile_plain<2>, tile_plain<3>, tile_plain<4>}};
 #if defined(__x86_64__)
-  static const Tiles avx2 = {{nullptr, tile_avx2<1>, tile_avx2<2>, tile_avx2<3>, tile_avx2<4>}};
+  static const Tiles avx2 = {
+      {nullptr, tile_avx2<1, false>, tile_avx2<2, false>, tile_avx2<3, false>, tile_avx2<4, false>},
+      {nullptr, tile_avx2<1, true>, tile_avx2<2, true>, tile_avx2<3, true>, tile_avx2<4, true>}};
   if (cpu_isa() >= Isa::avx2) return avx2;
 #endif
   return plain;
@@ -179,26 +207,17 @@ void pmatmul(int64_t m, const float* a, int64_t lda, const PackedMatrix& w, int6
   thread_local std::vector<float> apack;  // [mc_max, kDepth] micro-panels of A
   apack.resize(size_t(mc_max * std::min(kDepth, k)));
 
-  // Panels [p0, p1) cover [c0, c1). One that is only partly wanted (at either
-  // end of the range, or past w.n) is computed 24 wide into part [2][m, 24]
-  // and its wanted columns copied out at the end.
+  // Panels [p0, p1) cover [c0, c1). One only partly wanted (at either end of
+  // the range, or past w.n) runs the masked tile on its wanted columns, from
+  // a copy of its bias padded to 24.
   const int64_t p0 = c0 / kCols, p1 = (c1 + kCols - 1) / kCols;
-  auto wanted = [&](int64_t p, int64_t& lo, int64_t& hi) {
-    lo = std::max(c0, p * kCols);
-    hi = std::min(c1, (p + 1) * kCols);
-    return hi - lo == kCols;  // whole panel: written in place
-  };
-  thread_local std::vector<float> part;
-  part.resize(size_t(2 * m * kCols));
-  float part_bias[2][kCols] = {};
+  float end_bias[2][kCols] = {};  // [0]: panel p0, [1]: panel p1 - 1
   const float zero_bias[kCols] = {};
-  auto slot = [&](int64_t p) { return p == p0 ? 0 : 1; };
-  for (int64_t p : {p0, p1 - 1}) {
-    int64_t lo, hi;
-    if (!wanted(p, lo, hi) && bias)
-      for (int64_t col = p * kCols; col < std::min(w.n, (p + 1) * kCols); ++col)
-        part_bias[slot(p)][col - p * kCols] = bias[col];
-  }
+  if (bias)
+    for (int e = 0; e < 2; ++e) {
+      const int64_t p = e == 0 ? p0 : p1 - 1;
+      for (int64_t col = p * kCols; col < std::min(w.n, (p + 1) * kCols); ++col) end_bias[e][col - p * kCols] = bias[col];
+    }
 
   for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
     const int64_t kc = std::min(kDepth, k - k0);
@@ -207,23 +226,20 @@ void pmatmul(int64_t m, const float* a, int64_t lda, const PackedMatrix& w, int6
       pack_a(a, lda, r0, mc, k0, kc, apack.data());
       for (int64_t p = p0; p < p1; ++p) {
         const float* wp = panel(w, k0, kc, p);
-        int64_t lo, hi;
-        const bool whole = wanted(p, lo, hi);
-        float* cb = whole ? c + p * kCols : part.data() + slot(p) * m * kCols;
-        const int64_t ldcb = whole ? ldc : kCols;
-        const float* init = k0 > 0 ? nullptr : (!whole ? part_bias[slot(p)] : bias ? bias + p * kCols : zero_bias);
+        const int lo = static_cast<int>(std::max(c0, p * kCols) - p * kCols);
+        const int hi = static_cast<int>(std::min(c1, (p + 1) * kCols) - p * kCols);
+        const bool whole = lo == 0 && hi == kCols;
+        const float* init = k0 > 0 ? nullptr
+                            : whole ? (bias ? bias + p * kCols : zero_bias)
+                                    : end_bias[p == p0 ? 0 : 1];
+        const TileFn* fn = whole ? tiles.whole : tiles.part;
+        float* cp = c + p * kCols;
         for (int64_t i = 0; i < mc; i += kRows) {
           const int64_t mr = std::min<int64_t>(kRows, mc - i);
-          tiles.f[mr](kc, apack.data() + i * kc, wp, cb + (r0 + i) * ldcb, ldcb, init);
+          fn[mr](kc, apack.data() + i * kc, wp, cp + (r0 + i) * ldc, ldc, init, lo, hi);
         }
       }
     }
-  }
-  for (int64_t p : {p0, p1 - 1}) {
-    int64_t lo, hi;
-    if (wanted(p, lo, hi)) continue;  // (p0 == p1 - 1: the same panel twice, copied twice)
-    const float* src = part.data() + slot(p) * m * kCols + (lo - p * kCols);
-    for (int64_t r = 0; r < m; ++r) std::copy(src + r * kCols, src + r * kCols + (hi - lo), c + r * ldc + lo);
   }
 }
 

@@ -45,7 +45,7 @@ void pack_strided(const float* src, int64_t n, int64_t k, int64_t row_stride, in
                   PackedMatrix& out);
 
 // C[r, c] = bias[c] + sum_k A[r, k] W[c, k] for rows [0, m) and output columns
-// [c0, c1) (any range in [0, w.n]; whole panels of 24 are the fast case). A is
+// [c0, c1) (any range in [0, w.n]; panels only partly in it run a masked tile). A is
 // [m, w.k] with row stride lda, C has row stride ldc; bias ([w.n], absolute
 // columns) may be null (zero). Runs the AVX2+FMA kernel at the avx2 and avx512
 // levels of cpu_isa(), plain C++ at the portable level (the same sums in the
