@@ -459,6 +459,31 @@ TEST(VitPacked, AnImagesEmbeddingDoesNotDependOnItsBatchOrThreads) {
   expect_batch_independent(p);
 }
 
+TEST(VitPacked, MissingOrMisSizedWeightsAreRefused) {
+  // A model built by hand: no weights, or a matrix of another size than the
+  // config's, is a clear error, never a read past a vector's end; packing
+  // again with keep_float = false still frees the float copies.
+  IsaGuard guard;
+  if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
+  vismem::set_isa(vismem::Isa::avx2);
+  vismem::VitConfig c = vismem::VitConfig::dinov2_vits14();
+  c.hidden = 64, c.heads = 4, c.mlp = 128, c.layers = 1, c.image_size = 28;
+  vismem::VitModel empty;
+  empty.config = c;
+  EXPECT_THROW(vismem::make_vit_encoder(empty), vismem::Error);
+  vismem::VitModel bad = vismem::random_vit_model(c, 3);
+  bad.weights.layers[0].fc1_w.resize(10);
+  try {
+    vismem::pack_vit_model(bad);
+    ADD_FAILURE() << "a mis-sized fc1 was packed";
+  } catch (const vismem::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fc1 has 10 values"), std::string::npos) << e.what();
+  }
+  const vismem::VitModel twice = vismem::pack_vit_model(vismem::pack_vit_model(vismem::random_vit_model(c, 3)), false);
+  EXPECT_TRUE(twice.weights.layers[0].fc1_w.empty());
+  EXPECT_FALSE(twice.weights.layers[0].fc1_p.empty());
+}
+
 TEST(VitInt8, PackedAnImagesEmbeddingDoesNotDependOnItsBatchOrThreads) {
   // int8 linear layers quantize each row on its own and sum exactly; with the
   // float products (patch embedding, attention) packed, nothing is left that

@@ -357,27 +357,34 @@ VitModel pack_vit_model(VitModel m, bool keep_float) {
   if (!packed_gemm_preferred()) return m;
   const VitConfig& c = m.config;
   const int64_t D = c.hidden, M1 = c.swiglu ? 2 * int64_t(c.mlp) : c.mlp, M = c.mlp;
+  VitWeights& W = m.weights;
+  if (W.layers.size() != size_t(c.layers)) throw Error("ViT model has no weights loaded");
+  const auto free_float = [&](std::initializer_list<std::vector<float>*> vs) {
+    if (!keep_float)
+      for (auto* v : vs) std::vector<float>().swap(*v);
+  };
+  // Packs w [n, k] into p unless it is packed already; a float matrix of
+  // another size (a model built by hand) is refused, never read past its end.
+  const auto pack = [](PackedMatrix& p, const std::vector<float>& w, int64_t n, int64_t k, const char* what) {
+    if (!p.empty()) return;
+    if (int64_t(w.size()) != n * k)
+      throw Error(std::string("ViT weights: ") + what + " has " + std::to_string(w.size()) + " values, the config needs " +
+                  std::to_string(n) + " x " + std::to_string(k));
+    p = pack_rows(w.data(), n, k);
+  };
   // Everything that multiplies by a weight matrix, so that no sgemm is left
   // whose result could depend on the batch or the thread split.
-  VitWeights& W = m.weights;
-  if (W.patch_p.empty()) W.patch_p = pack_rows(W.patch_w.data(), D, int64_t(c.channels) * c.patch * c.patch);
-  if (W.proj_p.empty() && c.proj_dim > 0) W.proj_p = pack_rows(W.proj.data(), c.proj_dim, D);
-  if (!keep_float)
-    for (auto* v : {&W.patch_w, &W.proj}) std::vector<float>().swap(*v);
-  if (m.precision == VitPrecision::int8) {  // its linear layers run on qmatmul
-    if (!keep_float)
-      for (VitLayerWeights& L : W.layers)
-        for (auto* v : {&L.qkv_w, &L.out_w, &L.fc1_w, &L.fc2_w}) std::vector<float>().swap(*v);
-    return m;
-  }
-  for (VitLayerWeights& L : m.weights.layers) {
-    if (!L.qkv_p.empty()) continue;  // packed already
-    L.qkv_p = pack_rows(L.qkv_w.data(), 3 * D, D);
-    L.out_p = pack_rows(L.out_w.data(), D, D);
-    L.fc1_p = pack_rows(L.fc1_w.data(), M1, D);
-    L.fc2_p = pack_rows(L.fc2_w.data(), D, M);
-    if (!keep_float)
-      for (auto* v : {&L.qkv_w, &L.out_w, &L.fc1_w, &L.fc2_w}) std::vector<float>().swap(*v);
+  pack(W.patch_p, W.patch_w, D, int64_t(c.channels) * c.patch * c.patch, "patch embedding");
+  if (c.proj_dim > 0) pack(W.proj_p, W.proj, c.proj_dim, D, "visual_projection");
+  free_float({&W.patch_w, &W.proj});
+  for (VitLayerWeights& L : W.layers) {
+    if (m.precision == VitPrecision::f32) {  // int8 linear layers run on qmatmul
+      pack(L.qkv_p, L.qkv_w, 3 * D, D, "qkv");
+      pack(L.out_p, L.out_w, D, D, "attention output");
+      pack(L.fc1_p, L.fc1_w, M1, D, "fc1");
+      pack(L.fc2_p, L.fc2_w, D, M, "fc2");
+    }
+    free_float({&L.qkv_w, &L.out_w, &L.fc1_w, &L.fc2_w});
   }
   return m;
 }
@@ -840,9 +847,11 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
   }
   // Fewer images than threads: the threads share each image, splitting the
   // columns of every linear layer and the heads of the attention (VitSplit::tokens),
-  // or, for comparison, OpenBLAS threads inside each sgemm (VitSplit::blas).
-  const int par = split == VitSplit::blas ? 1 : threads;
-  set_blas_threads(split == VitSplit::blas ? threads : 1);
+  // or, for comparison, OpenBLAS threads inside each sgemm (VitSplit::blas; a
+  // packed model has no sgemm to thread and runs it as tokens).
+  const bool blas = split == VitSplit::blas && m.weights.patch_p.empty();
+  const int par = blas ? 1 : threads;
+  set_blas_threads(blas ? threads : 1);
   const int chunk = std::min(max_chunk, n);
   Scratch s(c, chunk, T, G, par);
   Team team(par);

@@ -128,8 +128,10 @@ VitModel quantize_vit_model(VitModel model);
 // packed model's embedding of an image is bit-identical whatever the batch
 // and the thread count. keep_float = false frees the float copies of those
 // matrices (half the weights' memory; quantize_vit_model and the fingerprint
-// of an in-memory model need them). In an int8 model the linear layers stay
-// int8 (qmatmul); the patch embedding, projection and attention are packed.
+// of an in-memory model need them), also in a model packed before. In an
+// int8 model the linear layers stay int8 (qmatmul); the patch embedding,
+// projection and attention are packed. Throws vismem::Error if the model has
+// no weights or a weight matrix does not have the config's size.
 VitModel pack_vit_model(VitModel model, bool keep_float = true);
 
 struct VitOutputs {
@@ -149,8 +151,8 @@ VitOutputs vit_forward(const VitModel& m, const float* pixels, int n, int h, int
 // How vit_embed spreads `threads` over a batch. images: whole images per thread.
 // tokens: all threads on each image (columns of each linear layer, attention
 // heads). blas: OpenBLAS's own threads inside each sgemm (kept for
-// comparison). automatic: images when n >= threads, else tokens (bench_vit
-// measures all three).
+// comparison; a packed model, which calls no sgemm, runs it as tokens).
+// automatic: images when n >= threads, else tokens (bench_vit measures all three).
 enum class VitSplit { automatic, images, tokens, blas };
 
 // Only the embeddings, written to out (n x dim()): what Encoder::forward does.

@@ -1,14 +1,14 @@
 // packed_gemm.h: float32 products with a weight matrix packed once at load,
-// for the encoders' linear layers on AVX2 CPUs.
+// for the encoders' linear layers and convs at the avx2 kernel level.
 //
 // Basic usage:
 //   vismem::PackedMatrix p = vismem::pack_rows(w.data(), n, k);  // W [n, k] (PyTorch layout), once
 //   vismem::pmatmul(m, a, k, p, 0, n, bias, c, n);                // C[m, 0:n] = A[m, k] W^T + bias
 //
-// Why not sgemm: OpenBLAS re-packs W on every call and its AVX2 kernel reached
-// 67-80% of this CPU's FMA peak on a ViT's shapes (257 token rows; k = 384 to
-// 3072); with W packed at load and a 4 x 24 register tile, 80-86%
-// (bench/README.md, "ViT encoders against PyTorch"). Where the packed kernel is
+// Why not sgemm: OpenBLAS re-packs W on every call and its AVX2 kernel ran at
+// 67-80% of a Zen 3 core's FMA peak (~100 GFLOP/s) on a ViT's shapes (257
+// token rows; k = 384 to 3072); with W packed at load and a 4 x 24 register
+// tile, 78-87% (bench/README.md, "ViT encoders against PyTorch"). Where the packed kernel is
 // not the faster one it is not used: packed_gemm_preferred() says whether to
 // pack (the avx2 kernel level; OpenBLAS's own AVX-512 kernels are kept on
 // avx512 CPUs and its SSE ones at the portable level).
