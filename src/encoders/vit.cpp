@@ -641,38 +641,12 @@ void layer_norm_par(const VitKernels& K, const float* x, int64_t ldx, int64_t ro
   });
 }
 
-// One pre-norm transformer block over b images of T tokens. nq = T computes every
-// token's output; nq = 1 only the CLS token's (enough for the last block when
-// only the pooled output is wanted: K and V still come from all tokens).
-// packed: attention on pmatmul (the model was packed, pack_vit_model).
-// team: the threads inside the block (columns of each linear layer, heads of the
-// attention; team.h explains why not OpenMP); a team of 1 when whole images are
-// spread over threads instead.
-void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T, int nq,
-           bool packed, Team& team) {
-  const int P = team.size();
-  const int D = c.hidden, H = c.heads, dh = c.head_dim(), M = c.mlp;
-  const int64_t R = int64_t(b) * T, Rq = int64_t(b) * nq;
-  const int64_t ldx = nq == T ? D : int64_t(T) * D;  // stride between continuing rows of x
+// ctx [b*nq, D] from qkv [b*T, 3D]: per image and head, att [nq, T] =
+// softmax(q k^T / sqrt(dh)); ctx_h = att v. Heads spread over the team.
+void attention(const VitKernels& K, const VitConfig& c, Scratch& s, int b, int T, int nq, bool packed, Team& team) {
+  const int D = c.hidden, H = c.heads, dh = c.head_dim();
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  float* x = s.x.data();
-  float* qkv = s.qkv.data();
-  float* tmp = s.tmp.data();
-  float* mid = s.mid.data();
-  const VitAct act = kernel_act(c.act);
-
-  // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b. With nq = 1 only the CLS
-  // rows' queries are needed: q for those rows, k and v for all.
-  const auto none = [](int64_t, int64_t) {};
-  layer_norm_par(K, x, D, R, D, L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, s.xn.data(), D, team);
-  if (nq == T) {
-    linear(R, 0, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv, 3 * D, team, none);
-  } else {
-    linear(R, D, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv, 3 * D, team, none);
-    linear(b, 0, D, D, s.xn.data(), int64_t(T) * D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv,
-           int64_t(T) * 3 * D, team, none);
-  }
-  // ctx [Rq, D]: per image and head, att [nq, T] = softmax(q k^T * scale); ctx_h = att v
+  const float* qkv = s.qkv.data();
   team.run(int64_t(b) * H, [&](int64_t ih, int worker) {
     float* att = s.att.data() + int64_t(worker) * T * T;  // [T, T] this worker's
     const int64_t i = ih / H, h = ih % H;
@@ -693,6 +667,86 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
       matmul(nq, dh, T, att, T, v, 3 * D, ctx, D, false);
     }
   });
+}
+
+// A packed block with every token's output (nq = T) on a team of P > 1:
+// each thread takes a contiguous share of the rows through everything that
+// is row by row (LayerNorm, the linear layers on pmatmul, activations,
+// residuals), so the block has three fork-joins (rows, attention's heads,
+// rows) where the split by columns had seven. pmatmul computes a row the
+// same way in any share: the result is bit-identical to one thread's.
+void block_by_rows(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T,
+                   Team& team) {
+  const int P = team.size();
+  const int64_t D = c.hidden, M = c.mlp, M1 = c.swiglu ? 2 * M : M, R = int64_t(b) * T;
+  const int64_t share = ((R + P - 1) / P + 3) / 4 * 4;  // whole 4-row tiles per thread
+  float* x = s.x.data();
+  float* xn = s.xn.data();
+  float* tmp = s.tmp.data();
+  float* mid = s.mid.data();
+  const float* ls1 = L.ls1.empty() ? nullptr : L.ls1.data();
+  const float* ls2 = L.ls2.empty() ? nullptr : L.ls2.data();
+  const VitAct act = kernel_act(c.act);
+  // xn = LN1(x); qkv = xn W_qkv^T + b, rows [r0, r0 + n) per thread
+  team.run(P, [&](int64_t t, int) {
+    const int64_t r0 = std::min(R, t * share), n = std::min(R, r0 + share) - r0;
+    if (n <= 0) return;
+    K.layer_norm(x + r0 * D, D, n, int(D), L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, xn + r0 * D, D);
+    pmatmul(n, xn + r0 * D, D, L.qkv_p, 0, 3 * D, L.qkv_b.data(), s.qkv.data() + r0 * 3 * D, 3 * D);
+  });
+  attention(K, c, s, b, T, T, true, team);
+  // x += ls1 * (ctx W_o^T + b_o); xn = LN2(x); mid = act(xn W1^T + b1); x += ls2 * (mid W2^T + b2)
+  team.run(P, [&](int64_t t, int) {
+    const int64_t r0 = std::min(R, t * share), n = std::min(R, r0 + share) - r0;
+    if (n <= 0) return;
+    pmatmul(n, s.ctx.data() + r0 * D, D, L.out_p, 0, D, nullptr, tmp + r0 * D, D);
+    K.residual(x + r0 * D, D, tmp + r0 * D, D, n, 0, D, L.out_b.data(), ls1);
+    K.layer_norm(x + r0 * D, D, n, int(D), L.ln2_w.data(), L.ln2_b.data(), c.ln_eps, xn + r0 * D, D);
+    pmatmul(n, xn + r0 * D, D, L.fc1_p, 0, M1, L.fc1_b.data(), mid + r0 * M1, M1);
+    if (c.swiglu)
+      K.swiglu(mid, r0, r0 + n, int(M), nullptr);
+    else
+      K.bias_act(mid + r0 * M1, M1, n, 0, M1, nullptr, act);
+    pmatmul(n, mid + r0 * M1, M1, L.fc2_p, 0, D, nullptr, tmp + r0 * D, D);
+    K.residual(x + r0 * D, D, tmp + r0 * D, D, n, 0, D, L.fc2_b.data(), ls2);
+  });
+}
+
+// One pre-norm transformer block over b images of T tokens. nq = T computes every
+// token's output; nq = 1 only the CLS token's (enough for the last block when
+// only the pooled output is wanted: K and V still come from all tokens).
+// packed: attention on pmatmul (the model was packed, pack_vit_model).
+// team: the threads inside the block (columns of each linear layer, heads of the
+// attention; team.h explains why not OpenMP); a team of 1 when whole images are
+// spread over threads instead.
+void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T, int nq,
+           bool packed, Team& team) {
+  const int P = team.size();
+  const int D = c.hidden, M = c.mlp;
+  const int64_t R = int64_t(b) * T, Rq = int64_t(b) * nq;
+  const int64_t ldx = nq == T ? D : int64_t(T) * D;  // stride between continuing rows of x
+  float* x = s.x.data();
+  float* qkv = s.qkv.data();
+  float* tmp = s.tmp.data();
+  float* mid = s.mid.data();
+  const VitAct act = kernel_act(c.act);
+  if (!L.qkv_p.empty() && P > 1 && nq == T) {  // float32 linear layers packed
+    block_by_rows(K, c, L, s, b, T, team);
+    return;
+  }
+
+  // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b. With nq = 1 only the CLS
+  // rows' queries are needed: q for those rows, k and v for all.
+  const auto none = [](int64_t, int64_t) {};
+  layer_norm_par(K, x, D, R, D, L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, s.xn.data(), D, team);
+  if (nq == T) {
+    linear(R, 0, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv, 3 * D, team, none);
+  } else {
+    linear(R, D, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv, 3 * D, team, none);
+    linear(b, 0, D, D, s.xn.data(), int64_t(T) * D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv,
+           int64_t(T) * 3 * D, team, none);
+  }
+  attention(K, c, s, b, T, nq, packed, team);
   // tmp [Rq, D] = ctx W_o^T; x += ls1 * (tmp + b_o)
   linear(Rq, 0, D, D, s.ctx.data(), D, L.out_w.data(), L.out_q, L.out_p, nullptr, tmp, D, team, [&](int64_t c0, int64_t c1) {
     residual_add(K, x, tmp, b, T, nq, D, c0, c1, L.out_b.data(), L.ls1);
