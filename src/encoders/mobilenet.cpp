@@ -59,7 +59,7 @@ struct Layer {
   std::vector<float> b;  // [O]
   std::vector<float> w_grid;  // conv: [O] the file's weight scale per output channel (w is an integer multiple of it)
   QuantizedMatrix q;     // the int8 copy of w (1x1 convs of an int8 model); empty otherwise
-  PackedMatrix p;        // w packed for pmatmul (the convs of a float32 model where packed_gemm_preferred())
+  PackedMatrix p;        // w packed for pmatmul where packed_gemm_preferred(): every float conv (int8: the first)
 
   bool pointwise() const { return kind == Kind::conv && kh == 1 && kw == 1 && sh == 1 && sw == 1; }
   int64_t k() const { return int64_t{kh} * kw * in.c; }  // im2col row length

@@ -589,9 +589,10 @@ void residual_add(const VitKernels& K, float* x, const float* t, int b, int T, i
 // c1) on output columns [c0, c1). Columns are absolute: c and w point at
 // column / row 0. The bias is written into C before sgemm accumulates onto it
 // (beta = 1 skips OpenBLAS's pass that zeroes C: ~3% of a ViT-S image at batch
-// 1), or added in qmatmul's epilogue or as pmatmul's starting value. With P > 1 the columns are split over the
-// team (each sgemm single-threaded): splitting columns splits the weights, so no
-// thread packs more of W than it multiplies, and each epilogue touches only its columns.
+// 1), or added in qmatmul's epilogue or as pmatmul's starting value. With P >
+// 1 the columns are split over the team (each sgemm single-threaded):
+// splitting columns splits the weights, so no thread packs more of W than it
+// multiplies, and each epilogue touches only its columns.
 template <class Epilogue>
 void linear(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_t lda, const float* w,
             const QuantizedMatrix& q, const PackedMatrix& p, const float* bias, float* c, int64_t ldc, Team& team,
@@ -716,12 +717,16 @@ void block_by_rows(const VitKernels& K, const VitConfig& c, const VitLayerWeight
 // token's output; nq = 1 only the CLS token's (enough for the last block when
 // only the pooled output is wanted: K and V still come from all tokens).
 // packed: attention on pmatmul (the model was packed, pack_vit_model).
-// team: the threads inside the block (columns of each linear layer, heads of the
-// attention; team.h explains why not OpenMP); a team of 1 when whole images are
-// spread over threads instead.
+// team: the threads inside the block (rows of a packed float32 block, else
+// columns of each linear layer; heads of the attention; team.h explains why
+// not OpenMP); a team of 1 when whole images are spread over threads instead.
 void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T, int nq,
            bool packed, Team& team) {
   const int P = team.size();
+  if (!L.qkv_p.empty() && P > 1 && nq == T) {  // float32 linear layers packed
+    block_by_rows(K, c, L, s, b, T, team);
+    return;
+  }
   const int D = c.hidden, M = c.mlp;
   const int64_t R = int64_t(b) * T, Rq = int64_t(b) * nq;
   const int64_t ldx = nq == T ? D : int64_t(T) * D;  // stride between continuing rows of x
@@ -730,10 +735,6 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
   float* tmp = s.tmp.data();
   float* mid = s.mid.data();
   const VitAct act = kernel_act(c.act);
-  if (!L.qkv_p.empty() && P > 1 && nq == T) {  // float32 linear layers packed
-    block_by_rows(K, c, L, s, b, T, team);
-    return;
-  }
 
   // xn [R, D] = LN1(x); qkv [R, 3D] = xn W_qkv^T + b. With nq = 1 only the CLS
   // rows' queries are needed: q for those rows, k and v for all.
