@@ -71,7 +71,7 @@ void pack_a(const float* a, int64_t lda, int64_t r0, int64_t mc, int64_t k0, int
 }
 
 // c[r, lo:hi] (+)= sum_kk x[kk, r] * w[kk, lo:hi] for r < MR, starting from
-// init[lo:hi] (init: 24 floats) or from c itself when init is null; c points
+// init[lo:hi] (init: the panel's bias) or from c itself when init is null; c points
 // at the panel's column 0, and columns outside [lo, hi) of the panel are
 // neither read nor written (they may lie before c0 or past the matrix's last
 // column). Plain C++: the portable path.
@@ -93,8 +93,9 @@ void tile_plain(int64_t kc, const float* x, const float* w, float* c, int64_t ld
 // k. Every loop is unrolled so the accumulators stay in registers (a loop
 // over them left in place spills them to the stack: 35% of the FMA rate).
 // noinline: inlined into the caller's loops GCC spilled them (as in qgemm).
-// Masked: only lanes [lo, hi) of C are loaded and stored (maskload /
-// maskstore never touch the others); else the whole panel and lo, hi unused.
+// Masked: only lanes [lo, hi) of C and init are loaded and C stored
+// (maskload / maskstore never touch the others); else the whole panel and
+// lo, hi unused.
 template <int MR, bool Masked>
 __attribute__((target("avx2,fma"), noinline)) void tile_avx2(int64_t kc, const float* x, const float* w, float* c,
                                                             int64_t ldc, const float* init, int lo, int hi) {
@@ -110,7 +111,9 @@ __attribute__((target("avx2,fma"), noinline)) void tile_avx2(int64_t kc, const f
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 3
     for (int v = 0; v < 3; ++v) {
-      if (init)
+      if (init && Masked)
+        acc[r][v] = _mm256_maskload_ps(init + 8 * v, mask[v]);
+      else if (init)
         acc[r][v] = _mm256_loadu_ps(init + 8 * v);
       else if constexpr (Masked)
         acc[r][v] = _mm256_maskload_ps(c + r * ldc + 8 * v, mask[v]);
@@ -168,7 +171,7 @@ bool packed_gemm_preferred() { return cpu_isa() == Isa::avx2; }
 void pack_strided(const float* src, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride, float scale,
                   PackedMatrix& out) {
   if (n <= 0 || k <= 0)
-    throw Error("pack_rows: empty matrix (" + std::to_string(n) + " x " + std::to_string(k) + ")");
+    throw Error("packing an empty matrix (" + std::to_string(n) + " x " + std::to_string(k) + ")");
   out.n = n;
   out.k = k;
   const int64_t np = round_up(n, kCols);
@@ -208,16 +211,9 @@ void pmatmul(int64_t m, const float* a, int64_t lda, const PackedMatrix& w, int6
   apack.resize(size_t(mc_max * std::min(kDepth, k)));
 
   // Panels [p0, p1) cover [c0, c1). One only partly wanted (at either end of
-  // the range, or past w.n) runs the masked tile on its wanted columns, from
-  // a copy of its bias padded to 24.
+  // the range, or past w.n) runs the masked tile on its wanted columns.
   const int64_t p0 = c0 / kCols, p1 = (c1 + kCols - 1) / kCols;
-  float end_bias[2][kCols] = {};  // [0]: panel p0, [1]: panel p1 - 1
   const float zero_bias[kCols] = {};
-  if (bias)
-    for (int e = 0; e < 2; ++e) {
-      const int64_t p = e == 0 ? p0 : p1 - 1;
-      for (int64_t col = p * kCols; col < std::min(w.n, (p + 1) * kCols); ++col) end_bias[e][col - p * kCols] = bias[col];
-    }
 
   for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
     const int64_t kc = std::min(kDepth, k - k0);
@@ -229,9 +225,7 @@ void pmatmul(int64_t m, const float* a, int64_t lda, const PackedMatrix& w, int6
         const int lo = static_cast<int>(std::max(c0, p * kCols) - p * kCols);
         const int hi = static_cast<int>(std::min(c1, (p + 1) * kCols) - p * kCols);
         const bool whole = lo == 0 && hi == kCols;
-        const float* init = k0 > 0 ? nullptr
-                            : whole ? (bias ? bias + p * kCols : zero_bias)
-                                    : end_bias[p == p0 ? 0 : 1];
+        const float* init = k0 > 0 ? nullptr : bias ? bias + p * kCols : zero_bias;
         const TileFn* fn = whole ? tiles.whole : tiles.part;
         float* cp = c + p * kCols;
         for (int64_t i = 0; i < mc; i += kRows) {
