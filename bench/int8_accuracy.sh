@@ -3,38 +3,44 @@
 # mode, on the shipped splits of Imagenette and Tiny-ImageNet (memory = train,
 # queries = val), for the four voting rules at k = 1..100.
 #
-# Usage: bench/int8_accuracy.sh [--model PATH] [--out DIR] [--datasets "imagenette2 tiny-imagenet"]
+# Usage: bench/int8_accuracy.sh [--model PATH] [--out DIR] [--datasets "imagenette2 tiny-imagenet"] [--vismem BIN]
 #   default model: ../shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite
 #   default out:   /tmp/vismem_int8_accuracy (memories and eval JSON are kept there)
+#   default vismem: build/vismem (built if missing); pass a copy to keep building meanwhile
 # Each dataset and precision is `vismem create --precision P`, `vismem add`
 # (the train folder), `vismem eval --json --k 100` (the val folder); then a
 # table per dataset: best accuracy per rule (and its k), accuracy at k = 1, 10,
 # 20, and the largest and mean |difference| over k = 1..100, in points.
 # About 25 minutes on 2 cores for both datasets and both precisions.
 set -euo pipefail
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 root="$(cd "$(dirname "$0")/.." && pwd)"
 shared="$(cd "$root/.." && pwd)/shared"
 model="$shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 out=/tmp/vismem_int8_accuracy
 datasets="imagenette2 tiny-imagenet"
+vismem=
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --model|--out|--datasets)
+    --model|--out|--datasets|--vismem)
       [ $# -ge 2 ] || { echo "int8_accuracy.sh: $1 needs a value" >&2; exit 2; }
       case "$1" in
         --model) model="$(realpath -m "$2")" ;;
         --out) out="$(realpath -m "$2")" ;;
         --datasets) datasets="$2" ;;
+        --vismem) vismem="$(realpath -m "$2")" ;;
       esac
       shift 2 ;;
     *) echo "int8_accuracy.sh: unknown option $1 (--help)" >&2; exit 2 ;;
   esac
 done
 cd "$root"
-vismem=build/vismem
-[ -x "$vismem" ] || ./scripts/build.sh vismem
+if [ -z "$vismem" ]; then
+  vismem=build/vismem
+  [ -x "$vismem" ] || ./scripts/build.sh vismem
+fi
+[ -x "$vismem" ] || { echo "int8_accuracy.sh: $vismem is not an executable" >&2; exit 2; }
 mkdir -p "$out"
 for ds in $datasets; do
   for prec in f32 int8; do

@@ -253,7 +253,9 @@ TEST(MobileNet, Int8StaysCloseToFloatAndKeepsTheLabels) {
     EXPECT_GT(cosine(b1.data(), b.data() + 4 * 1024, 1024), 0.9995);
     // With the float conv on packed weights (the avx2 level) there is no such
     // difference left: every layer computes each pixel the same way in any split.
-    if (packed_gemm_preferred()) EXPECT_EQ(b1, std::vector<float>(b.begin() + 4 * 1024, b.begin() + 5 * 1024));
+    if (packed_gemm_preferred()) {
+      EXPECT_EQ(b1, std::vector<float>(b.begin() + 4 * 1024, b.begin() + 5 * 1024));
+    }
     double min_f32 = 1, min_arm = 1;
     for (int i = 0; i < n; ++i) {
       std::vector<float> arm = read_npy(kFixtures + kPhotos[i] + ".armnn_u8.npy").to_float();
@@ -263,7 +265,8 @@ TEST(MobileNet, Int8StaysCloseToFloatAndKeepsTheLabels) {
     }
     std::printf("[          ] V1 int8, %s kernels: min cosine %.5f vs float32, %.5f vs Arm NN uint8\n",
                 isa_name(cpu_isa()), min_f32, min_arm);
-    EXPECT_GE(min_f32, 0.999);
+    // 8-bit activations (every V1 layer gets them): 0.99985 here; 7-bit ones gave 0.99958.
+    EXPECT_GE(min_f32, 0.9997);
     EXPECT_GE(min_arm, 0.998);
     per_level.push_back(b);
 

@@ -122,6 +122,8 @@ TEST(Qgemm, WeightsOnAGridStayExact) {
     }
     EXPECT_EQ(exact.scale[j], grid[j]) << j;
   }
+  // Uniform codes: many adjacent pairs past 128, so 7-bit activations (below).
+  ASSERT_EQ(exact.act_levels, 127);
   // One activation row that 7 bits hold exactly (integers 0..127): the product is exact.
   std::vector<float> a(static_cast<size_t>(k));
   for (int64_t i = 0; i < k; ++i) a[i] = float(i * 2 % 128);
@@ -129,6 +131,93 @@ TEST(Qgemm, WeightsOnAGridStayExact) {
   std::vector<float> c(static_cast<size_t>(n)), ref(static_cast<size_t>(n));
   vismem::qmatmul(1, a.data(), k, exact, 0, n, c.data(), n);
   vismem::matmul(1, n, k, a.data(), k, w.data(), k, ref.data(), n, true);
-  for (int64_t j = 0; j < n; ++j)
-    if (j != 3) EXPECT_NEAR(c[j], ref[j], 1e-4 * std::fabs(ref[j]) + 1e-4) << j;
+  for (int64_t j = 0; j < n; ++j) {
+    if (j == 3) continue;
+    EXPECT_NEAR(c[j], ref[j], 1e-4 * std::fabs(ref[j]) + 1e-4) << j;
+  }
+}
+
+// A uint8 model's weights: small codes but for a few adjacent pairs whose |q|
+// sum passes 128. They move their excess to extension slots, so activations get
+// 8 bits, and the product stays exact (activations that 8 bits hold exactly,
+// integers 0..255, give the integer product) at every level, even with every
+// activation at 255 on the large pairs: vpmaddubsw's int16 pair sums do not
+// saturate. Weights with many large pairs keep 7-bit activations.
+TEST(Qgemm, EightBitActivationsWhereThePairsAllowExactly) {
+  IsaGuard guard;
+  for (int64_t k : {64, 37, 2}) {
+    const int64_t n = 20, m = 6;
+    std::mt19937 rng(uint32_t(9 + k));
+    std::uniform_int_distribution<int> small(-60, 60), big(100, 127);
+    std::vector<int> codes(size_t(n * k));
+    for (int& c : codes) c = small(rng);
+    // Large pairs in rows 2, 5, 19, some with both signs, one in the last pair of k.
+    for (auto [row, col] : {std::array<int64_t, 2>{2, 0}, {5, 0}, {5, 10 % k}, {19, (k - 2) / 2 * 2}}) {
+      codes[size_t(row * k + col)] = big(rng);
+      codes[size_t(row * k + col + 1)] = row == 5 ? -big(rng) : 127;
+    }
+    std::vector<float> w(codes.size()), grid(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) {
+      grid[j] = 0.02f * float(j + 1);
+      codes[size_t(j * k)] = j == 2 || j == 5 ? codes[size_t(j * k)] : 127;  // every row reaches 127: the grid is its scale
+      for (int64_t i = 0; i < k; ++i) w[size_t(j * k + i)] = float(codes[size_t(j * k + i)]) * grid[j];
+    }
+    const vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k, grid.data());
+    EXPECT_EQ(q.act_levels, 255) << k;
+    EXPECT_FALSE(q.ext_src.empty()) << k;
+    EXPECT_EQ(q.kp % 4, 0);
+    EXPECT_GE(q.kp, q.kp_main() + int64_t(q.ext_src.size()));
+    for (int64_t j = 0; j < n; ++j) EXPECT_EQ(q.scale[j], grid[j]) << j;
+    // Rows of integers in [0, 255] with 0 and 255 present: scale 1, zero point 0.
+    std::vector<float> a(size_t(m * k));
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t i = 0; i < k; ++i) a[size_t(r * k + i)] = float(r == 0 ? 255 : (i * 37 + r * 11) % 256);
+    for (int64_t r = 1; r < m; ++r) a[size_t(r * k)] = 255.0f, a[size_t(r * k + k - 1)] = 0.0f;
+    std::vector<std::vector<float>> outs;
+    for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {
+      vismem::set_isa(vismem::Isa(level));
+      std::vector<float> c(size_t(m * n), -1.0f);
+      vismem::qmatmul(m, a.data(), k, q, 0, n, c.data(), n);
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t j = 0; j < n; ++j) {
+          int64_t dot = 0;
+          for (int64_t i = 0; i < k; ++i) dot += int64_t(a[size_t(r * k + i)]) * codes[size_t(j * k + i)];
+          const double want = double(dot) * grid[j];
+          EXPECT_NEAR(c[size_t(r * n + j)], want, 1e-6 * std::fabs(want) + 1e-6)
+              << vismem::isa_name(vismem::Isa(level)) << " k=" << k << " " << r << "," << j;
+        }
+      outs.push_back(c);
+    }
+    for (size_t l = 1; l < outs.size(); ++l) EXPECT_EQ(outs[l], outs[0]);
+  }
+  // Gaussian weights on their own per-row grid: large pairs everywhere, 7 bits.
+  const int64_t n = 32, k = 96;
+  const std::vector<float> w = random_normal(size_t(n * k), 10);
+  const vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);
+  EXPECT_EQ(q.act_levels, 127);
+  EXPECT_TRUE(q.ext_src.empty());
+  EXPECT_EQ(q.kp, k);
+}
+
+// 8-bit activations halve the activations' rounding step: on the same weights
+// the product is closer to the float one than with 7 bits.
+TEST(Qgemm, EightBitActivationsAreCloserThanSeven) {
+  const int64_t m = 64, n = 48, k = 256;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> small(-64, 64);
+  std::vector<float> w(static_cast<size_t>(n * k)), grid(static_cast<size_t>(n), 0.01f);
+  for (float& v : w) v = float(small(rng)) * 0.01f;
+  const std::vector<float> a = random_normal(size_t(m * k), 12);
+  std::vector<float> ref(size_t(m * n)), c8(size_t(m * n));
+  vismem::matmul(m, n, k, a.data(), k, w.data(), k, ref.data(), n, true);
+  vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k, grid.data());
+  ASSERT_EQ(q.act_levels, 255);
+  vismem::qmatmul(m, a.data(), k, q, 0, n, c8.data(), n);
+  q.act_levels = 127;  // the same weights with 7-bit activations (their pairs are within 128 anyway)
+  std::vector<float> c7(size_t(m * n));
+  vismem::qmatmul(m, a.data(), k, q, 0, n, c7.data(), n);
+  double e7 = 0, e8 = 0;
+  for (size_t i = 0; i < ref.size(); ++i) e7 += std::pow(c7[i] - ref[i], 2), e8 += std::pow(c8[i] - ref[i], 2);
+  std::printf("rms error, 7-bit activations %.4g, 8-bit %.4g\n", std::sqrt(e7 / ref.size()), std::sqrt(e8 / ref.size()));
+  EXPECT_LT(e8, 0.4 * e7);  // about a quarter: half the step
 }

@@ -10,7 +10,7 @@
 // Precision: encoders run in float32 unless asked for int8 (load_encoder(path,
 // Precision::int8), `vismem create --precision int8`, or VISMEM_PRECISION=int8):
 // the big matrix products then run as int8 GEMMs (qgemm.h: 8-bit weights per
-// output channel, 7-bit activations per row at run time) and fingerprint() gains
+// output channel, 8-bit (or 7-bit) activations per row at run time) and fingerprint() gains
 // "|int8", so a memory never mixes int8 and float32 embeddings.
 //
 // Thread safety: an Encoder is read-only after loading (its weights are shared);

@@ -18,16 +18,18 @@
 // Operators: CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, ADD, SOFTMAX,
 // RESHAPE / SQUEEZE / QUANTIZE / DEQUANTIZE (as copies); fused NONE / RELU /
 // RELU6 / RELU_N1_TO_1. Anything else throws vismem::Error at load.
-// int8 (load(path, Precision::int8)): the 1x1 convs (~95% of V1's multiply-adds)
-// run as int8 GEMMs (qgemm.h: the weights re-quantized to 8 bits per output
-// channel, activations to 7 bits per pixel at run time, bias and ReLU6 fused into
-// the epilogue); the first 3x3 conv, the depthwise convs and the pooling stay
-// float32. The file's uint8 weights are kept exactly (quantize_rows' grid) but
-// for the few channels whose codes reach past 127 from the zero point.
-// Embeddings: cosine >= 0.999 to float32's. fingerprint() ends in "|int8".
+// int8 (load(path, Precision::int8)): the 1x1 convs with 64 or more input
+// channels (~90% of V1's multiply-adds) run as int8 GEMMs (qgemm.h: the
+// weights on 8 bits per output channel, activations on 8 bits per pixel at run
+// time, bias and ReLU6 fused into the epilogue); the first 3x3 conv, the first
+// 1x1 conv (32 inputs: its int8 form was slower than float and gave ~30% of
+// int8's error), the depthwise convs and the pooling stay float32. The file's
+// uint8 weights are kept exactly (quantize_rows' grid) but for the few channels
+// whose codes reach past 127 from the zero point.
+// Embeddings: cosine >= 0.9997 to float32's. fingerprint() ends in "|int8".
 // Kernels: per vector ISA level (portable, AVX2, AVX-512; mobilenet_kernels.inl),
 // chosen at run time by cpu_isa(). The float convs (all of them in float32,
-// the first one in int8) run on weights packed at load (pmatmul,
+// the first two in int8) run on weights packed at load (pmatmul,
 // packed_gemm.h) where packed_gemm_preferred() (the avx2 level): an image's
 // embedding is then bit-identical whatever the batch and threads. Elsewhere
 // they are OpenBLAS sgemm, and batch size and threads move the embeddings

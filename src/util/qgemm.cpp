@@ -19,16 +19,22 @@ constexpr int64_t kBlock = 8;    // output columns per packed block (one vector 
 constexpr int64_t kRowTile = 32;  // rows of A kept hot while every column panel passes
 
 // Weights: symmetric 8-bit per output channel, q = round(w / s), s = max|w| / 127.
-// Activations: 7 bits (0..127, at most 128 after rounding the zero point) so
-// that vpmaddubsw's int16 pair sums of activations times weights stay below
-// 2^15: 2 * 128 * 127 = 32512. The weights are what the error is most
-// sensitive to (64 Imagenette images through MobileNet V1, mean cosine to the
-// float32 embeddings): 7-bit weights with 8-bit activations (oneDNN's split on
-// CPUs without VNNI) 0.9935; 8-bit weights on their own per-channel grid with
-// 7-bit activations 0.9979 (10- or 12-bit activations: 0.9983); the uint8
-// file's weights kept exactly (quantize_rows' grid) 0.99973.
+// Activations: 8 bits (0..255) where the weights allow it, else 7 bits (0..127,
+// at most 128 after rounding the zero point). vpmaddubsw adds the products of
+// adjacent k pairs into int16, which saturates past 2^15 - 1: with 8-bit
+// activations a pair is safe when |q[2i]| + |q[2i+1]| <= 128 (255 * 128 =
+// 32640); with 7-bit ones every pair is (2 * 128 * 127 = 32512). The few pairs
+// over 128 move their excess to extension slots past k (wide_plan below), so a
+// matrix with few of them still gets 8-bit activations, exactly.
+// What the bits are worth (64 Imagenette images through MobileNet V1, mean
+// cosine to the float32 embeddings): 7-bit weights with 8-bit activations
+// (oneDNN's split on CPUs without VNNI) 0.9935; 8-bit weights on their own
+// per-channel grid with 7-bit activations 0.9979 (10- or 12-bit activations:
+// 0.9983); the uint8 file's weights kept exactly (quantize_rows' grid) with
+// 7-bit activations 0.99973. On another 64 (every 23rd val image): 7-bit
+// activations 0.99969, 8-bit 0.99992 (1 - cosine 3.1e-4 -> 8.5e-5).
 constexpr float kWeightLevels = 127.0f;
-constexpr float kActLevels = 127.0f;
+constexpr int32_t kPairLimit = 128;  // the largest |q[2i]| + |q[2i+1]| that 8-bit activations allow
 
 // One row; returns its scale. grid > 0: the row came from integer codes times
 // grid (a uint8 model's dequantized weights); when they fit in [-127, 127]
@@ -48,7 +54,53 @@ float quantize_weight_row(const float* x, int64_t k, int64_t kp, float grid, int
   return mx > 0.0f ? scale : 0.0f;
 }
 
-// Activations of one call: asymmetric 7-bit per row over [min(x, 0), max(x, 0)]
+// Whether W (codes [n, k]) can take 8-bit activations; if so, moves each pair's
+// excess over kPairLimit into extension slots (codes changed in place, ext
+// [n, ext_src.size()] filled) so that every pair, the extension's too, is within
+// the limit. The excess goes from the larger |q| of the pair to a slot that
+// copies the same activation column, so the sum over k is unchanged, exactly.
+// A uint8 model's weights have a few such pairs per layer (MobileNet V1: 0 to 5
+// channels of 64 to 1024); weights quantized on their own grid (a ViT's) have
+// many, and keep 7-bit activations rather than grow k by more than 1/8.
+bool wide_plan(std::vector<int8_t>& codes, int64_t n, int64_t k, std::vector<int32_t>& ext_src,
+               std::vector<int8_t>& ext) {
+  struct Move {
+    int64_t row, col;
+    int32_t excess;  // signed: what leaves codes[row, col] for the extension
+  };
+  std::vector<Move> moves;
+  for (int64_t j = 0; j < n; ++j) {
+    const int8_t* r = &codes[size_t(j * k)];
+    for (int64_t i = 0; i + 1 < k; i += 2) {
+      const int32_t a = r[i], b = r[i + 1], over = std::abs(a) + std::abs(b) - kPairLimit;
+      if (over <= 0) continue;
+      const int64_t col = std::abs(a) >= std::abs(b) ? i : i + 1;
+      moves.push_back({j, col, r[col] > 0 ? over : -over});
+    }
+  }
+  std::vector<int32_t> src;
+  for (const Move& mv : moves) src.push_back(int32_t(mv.col));
+  std::sort(src.begin(), src.end());
+  src.erase(std::unique(src.begin(), src.end()), src.end());
+  if (int64_t(src.size()) > std::max<int64_t>(8, k / 8)) return false;
+  const int64_t ne = int64_t(src.size());
+  std::vector<int8_t> e(size_t(n * ne), 0);
+  for (const Move& mv : moves) {
+    const int64_t t = std::lower_bound(src.begin(), src.end(), int32_t(mv.col)) - src.begin();
+    e[size_t(mv.row * ne + t)] = int8_t(mv.excess);
+  }
+  // The extension starts at an even k, so its pairs are its own slots (2u, 2u + 1).
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t t = 0; t + 1 < ne; t += 2)
+      if (std::abs(int32_t(e[size_t(j * ne + t)])) + std::abs(int32_t(e[size_t(j * ne + t + 1)])) > kPairLimit)
+        return false;
+  for (const Move& mv : moves) codes[size_t(mv.row * k + mv.col)] = int8_t(codes[size_t(mv.row * k + mv.col)] - mv.excess);
+  ext_src = std::move(src);
+  ext = std::move(e);
+  return true;
+}
+
+// Activations of one call: asymmetric per row (w.act_levels steps) over [min(x, 0), max(x, 0)]
 // (so 0 is exact): x ~= scale * (u - zero). Asymmetric because the inputs of
 // fc2 are GELU outputs, nearly all of their range on one side of zero.
 struct QuantizedRows {
@@ -105,7 +157,12 @@ __attribute__((target("avx2,fma"))) void quantize_row_u8_avx2(const float* x, in
 }
 #endif
 
-QuantizedRows quantize_activations(int64_t m, const float* a, int64_t lda, int64_t k, int64_t kp) {
+// A [m, k] quantized per row to w.act_levels levels, in w's k layout: [0, k) the
+// row, then padding (the zero point: its weights are 0), then the extension
+// slots, copies of the columns w.ext_src.
+QuantizedRows quantize_activations(int64_t m, const float* a, int64_t lda, const QuantizedMatrix& w) {
+  const int64_t k = w.k, kp = w.kp, ext0 = w.kp_main();
+  const float levels = float(w.act_levels);
   QuantizedRows r;
   r.u.resize(size_t(m * kp));
   r.scale.resize(size_t(m));
@@ -123,13 +180,14 @@ QuantizedRows quantize_activations(int64_t m, const float* a, int64_t lda, int64
     if (avx2) row_range_avx2(x, k, lo, hi);
 #endif
     if (!avx2) row_range(x, k, lo, hi);
-    const float s = (hi - lo) / kActLevels, inv = hi > lo ? kActLevels / (hi - lo) : 0.0f;
+    const float s = (hi - lo) / levels, inv = hi > lo ? levels / (hi - lo) : 0.0f;
     const int32_t z = hi > lo ? static_cast<int32_t>(std::nearbyint(-lo * inv)) : 0;
 #if defined(__x86_64__)
     if (avx2) quantize_row_u8_avx2(x, k, inv, z, u);
 #endif
     if (!avx2) quantize_row_u8(x, k, inv, z, u);
     std::fill(u + k, u + kp, static_cast<uint8_t>(z));
+    for (size_t t = 0; t < w.ext_src.size(); ++t) u[ext0 + int64_t(t)] = u[w.ext_src[t]];
     r.scale[i] = s;
     r.zero[i] = z;
   }
@@ -267,7 +325,7 @@ __attribute__((target("avx2,fma"))) inline __m256 load_bias8_avx2(const float* b
 // 4 rows x 16 columns per step: per 4 k, two 32-byte weight vectors (an
 // L1-hot panel) against each row's 4 activations broadcast. vpmaddubsw
 // multiplies u8 activations by s8 weights and adds pairs into int16 (no
-// saturation with 7-bit activations); vpmaddwd by 1 widens the pairs into int32.
+// saturation: see kPairLimit); vpmaddwd by 1 widens the pairs into int32.
 // Epilogue: subtract zero * column sum, scale to float.
 __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w,
                                                       int64_t c0, int64_t c1, float* c, int64_t ldc,
@@ -319,14 +377,23 @@ QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k, const float*
   QuantizedMatrix q;
   q.n = n;
   q.k = k;
-  q.kp = (k + 3) / 4 * 4;
-  const int64_t blocks = (n + kBlock - 1) / kBlock, groups = q.kp / 4;
+  std::vector<int8_t> codes(size_t(n * k));
+  std::vector<float> row_scale(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j)
+    row_scale[j] = quantize_weight_row(w + j * k, k, k, grid ? grid[j] : 0.0f, &codes[size_t(j * k)]);
+  std::vector<int8_t> ext;  // [n, ext_src.size()]
+  if (wide_plan(codes, n, k, q.ext_src, ext)) q.act_levels = 255;
+  q.kp = (q.kp_main() + int64_t(q.ext_src.size()) + 3) / 4 * 4;
+  const int64_t blocks = (n + kBlock - 1) / kBlock, groups = q.kp / 4, ne = int64_t(q.ext_src.size());
   q.packed.assign(size_t(blocks * groups * 32), 0);
   q.scale.assign(size_t(blocks * kBlock), 0.0f);
   q.col_sum.assign(size_t(blocks * kBlock), 0);
   std::vector<int8_t> row(size_t(q.kp));
   for (int64_t j = 0; j < n; ++j) {
-    q.scale[j] = quantize_weight_row(w + j * k, k, q.kp, grid ? grid[j] : 0.0f, row.data());
+    std::fill(row.begin(), row.end(), int8_t(0));
+    std::memcpy(row.data(), &codes[size_t(j * k)], size_t(k));
+    if (ne > 0) std::memcpy(row.data() + q.kp_main(), &ext[size_t(j * ne)], size_t(ne));
+    q.scale[j] = row_scale[j];
     for (int8_t v : row) q.col_sum[j] += v;
     int8_t* blk = &q.packed[(j / kBlock) * groups * 32];
     for (int64_t g = 0; g < groups; ++g) std::memcpy(blk + g * 32 + (j % kBlock) * 4, &row[g * 4], 4);
@@ -338,7 +405,7 @@ void qmatmul(int64_t m, const float* a, int64_t lda, const QuantizedMatrix& w, i
              int64_t ldc, const QuantEpilogue& epi) {
   if (c0 % kBlock != 0 || c0 < 0 || c1 > w.n) throw Error("qmatmul: bad column range");
   if (m <= 0 || c0 >= c1) return;
-  const QuantizedRows qa = quantize_activations(m, a, lda, w.k, w.kp);
+  const QuantizedRows qa = quantize_activations(m, a, lda, w);
 #if defined(__x86_64__)
   if (cpu_isa() >= Isa::avx2) return qmatmul_avx2(m, qa, w, c0, c1, c, ldc, epi);
   return qmatmul_sse(m, qa, w, c0, c1, c, ldc, epi);

@@ -1,18 +1,21 @@
 // qgemm.h: int8 matrix products for the encoders' opt-in int8 mode: weights
 // quantized once per output channel (symmetric, 8 bits), activations per row
-// at each call (dynamic, asymmetric, 7 bits), products summed exactly in int32,
-// then scaled back (plus an optional fused bias and clamp).
+// at each call (dynamic, asymmetric, 8 bits where the weights allow it, else 7),
+// products summed exactly in int32, then scaled back (plus an optional fused
+// bias and clamp).
 //
 // Basic usage:
 //   vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);   // W [n, k] (PyTorch layout)
 //   vismem::qmatmul(m, a, k, q, 0, n, c, n);    // C[m, 0:n] ~= A[m, k] W^T
 //
 // Error: weights are rounded to 1/254 of their row's max |w|, activations to
-// 1/127 of their row's range (errors average out over k); tests/test_qgemm.cpp
-// holds the product to the float one. Kernels: AVX2 (vpmaddubsw, whose int16
-// pair sums cannot saturate with 7-bit activations), chosen by cpu_isa(); the
-// AVX-512 level uses the AVX2 kernel; the portable level the same kernel on
-// 128-bit SSSE3 vectors (plain C++ off x86). Results are
+// 1/255 (or 1/127) of their row's range (errors average out over k);
+// tests/test_qgemm.cpp holds the product to the float one and to an exact
+// integer one. Kernels: AVX2 (vpmaddubsw; its int16 pair sums cannot saturate:
+// 8-bit activations only where every adjacent pair of weights has |q| sum <= 128,
+// after the few larger pairs move their excess to extension slots), chosen by
+// cpu_isa(); the AVX-512 level uses the AVX2 kernel; the portable level the
+// same kernel on 128-bit SSSE3 vectors (plain C++ off x86). Results are
 // identical at every level (exact int32 sums, the same float epilogue).
 // Thread safety: a QuantizedMatrix is read-only after quantize_rows; qmatmul
 // may run from several threads at once (each call quantizes A into its own buffer).
@@ -24,10 +27,13 @@ namespace vismem {
 
 struct QuantizedMatrix {
   int64_t n = 0, k = 0;
-  int64_t kp = 0;              // k rounded up to a multiple of 4 (zero padded)
+  int64_t kp = 0;              // packed k: kp_main(), the extension slots, zero padding to a multiple of 4
   std::vector<int8_t> packed;  // [n/8 blocks][kp/4][8 columns][4]: one 32-byte vector per block and 4 k
   std::vector<float> scale;    // [n] per output channel: w ~= q * scale
-  std::vector<int32_t> col_sum;  // [n] sum of q over k (removes the activations' zero point)
+  std::vector<int32_t> col_sum;  // [n] sum of q over kp (removes the activations' zero point)
+  int32_t act_levels = 127;    // activations per row: 255 (8-bit) where the weights allow it, else 127
+  std::vector<int32_t> ext_src;  // extension slot t (at k index kp_main() + t) holds activation column ext_src[t]
+  int64_t kp_main() const { return k + (k & 1); }  // where the extension starts (even, so it pairs with itself)
   bool empty() const { return n == 0; }
 };
 
