@@ -5,8 +5,10 @@
 // counts and batch sizes, case by case, on the same machine.
 //
 // Usage: bench_vit [--quick] [--model s|b|all] [--no-torch] [--python PATH] [--script PATH]
-//                  [--threads 1,2] [--batches 1,16] [--kernels] [--int8] [--sgemm]
+//                  [--threads 1,2] [--batches 1,16] [--kernels] [--int8] [--sgemm] [--reps N]
 //   --quick:   fewer repetitions (smoke runs); medians are printed either way.
+//   --reps N:  rounds at batch 1 (default 9; N / 3 at larger batches), for
+//              steadier medians on a noisy machine.
 //   --python:  the interpreter with torch (default /usr/bin/python3: Debian's python3-torch).
 //   --script:  vit_torch.py (default: bench/vit_torch.py next to the build folder).
 //   --kernels: also time the non-GEMM kernels at every ISA level this CPU runs.
@@ -303,6 +305,7 @@ int main(int argc, char** argv) {
   bool quick = false, torch = true, kernels = false, int8 = false, sgemm = false;
   std::string which = "all", python = "/usr/bin/python3", script = default_script(argv[0]);
   std::vector<int> thread_list = {1, 2}, batch_list = {1, 16};
+  int reps1 = 0;  // rounds at batch 1; 0: 9 (3 with --quick)
   for (int i = 1; i < argc; ++i) {
     const bool more = i + 1 < argc;
     if (!std::strcmp(argv[i], "--quick")) quick = true;
@@ -314,16 +317,19 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--script") && more) script = argv[++i];
     else if (!std::strcmp(argv[i], "--threads") && more) thread_list = int_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--batches") && more) batch_list = int_list(argv[++i]);
+    else if (!std::strcmp(argv[i], "--reps") && more && std::atoi(argv[i + 1]) > 0) reps1 = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--model") && more &&
              (!std::strcmp(argv[i + 1], "s") || !std::strcmp(argv[i + 1], "b") || !std::strcmp(argv[i + 1], "all")))
       which = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: bench_vit [--quick] [--model s|b|all] [--no-torch] [--python PATH] [--script PATH]\n"
-                   "                 [--threads 1,2] [--batches 1,16] [--kernels] [--int8] [--sgemm]\n");
+                   "                 [--threads 1,2] [--batches 1,16] [--kernels] [--int8] [--sgemm] [--reps N]\n");
       return 2;
     }
   }
+  if (reps1 == 0) reps1 = quick ? 3 : 9;
+  const auto rounds = [&](int batch) { return batch == 1 ? reps1 : std::max(1, reps1 / 3); };
   if (torch && (access(python.c_str(), X_OK) != 0 || access(script.c_str(), R_OK) != 0)) {
     std::printf("note: %s or %s is missing: no PyTorch anchor (scripts/setup.sh installs python3-torch)\n",
                 python.c_str(), script.c_str());
@@ -385,7 +391,7 @@ int main(int argc, char** argv) {
     }
     for (int threads : thread_list)
       for (int batch : batch_list) {
-        const int reps = batch == 1 ? (quick ? 3 : 9) : (quick ? 1 : 3);
+        const int reps = rounds(batch);
         const CpuUse u0 = cpu_use();
         const double torch_cpu0 = anchor ? proc_cpu_seconds(anchor->pid()) : 0;
         const auto t0 = Clock::now();
@@ -440,7 +446,7 @@ int main(int argc, char** argv) {
     if (tmax > 1) {
       std::printf("  %s, ours, %d threads vs 1 (alternating; median of per-round ratios):", row.name, tmax);
       for (int batch : batch_list) {
-        const int reps = batch == 1 ? (quick ? 3 : 9) : (quick ? 1 : 3);
+        const int reps = rounds(batch);
         const auto once = [&](int threads) {
           const auto t = Clock::now();
           vismem::vit_embed(m, px.data(), batch, S, S, out.data(), threads);

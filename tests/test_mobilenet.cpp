@@ -125,7 +125,7 @@ TEST(MobileNet, BatchAndThreadingDoNotChangeTheResult) {
   // and the split: bit-identical. Through sgemm: equal to rounding.
   const bool packed = packed_gemm_preferred();
   for (int i = 0; i < n; ++i)
-    for (int threads : {1, 2}) {
+    for (int threads : {1, 2, 3}) {  // one image: every layer split across the threads
       net->forward(px.data() + i * img, 1, single.data(), threads);
       for (int j = 0; j < d; ++j) {
         if (packed)

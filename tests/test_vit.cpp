@@ -412,6 +412,14 @@ void expect_batch_independent(const vismem::VitModel& p) {
     vismem::vit_embed(p, in.v.data() + i * 3 * 56 * 56, 1, 56, 56, one.data(), 2);
     EXPECT_EQ(one, std::vector<float>(batch.begin() + i * 64, batch.begin() + (i + 1) * 64)) << i;
   }
+  // With last_hidden every layer computes all tokens (a packed float32 model on
+  // a team: every layer split by rows), on 3 threads and 2 images: as on 1.
+  const vismem::VitOutputs t1 = vismem::vit_forward(p, in.v.data(), 2, 56, 56, 1, true);
+  const vismem::VitOutputs t3 = vismem::vit_forward(p, in.v.data(), 2, 56, 56, 3, true);
+  EXPECT_EQ(t3.last_hidden, t1.last_hidden);
+  EXPECT_EQ(t3.pooler, t1.pooler);
+  EXPECT_EQ(t3.embedding, t1.embedding);
+  EXPECT_EQ(t1.embedding, std::vector<float>(batch.begin(), batch.begin() + 2 * 64));
 }
 
 }  // namespace

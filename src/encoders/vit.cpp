@@ -680,7 +680,14 @@ void block_by_rows(const VitKernels& K, const VitConfig& c, const VitLayerWeight
                    Team& team) {
   const int P = team.size();
   const int64_t D = c.hidden, M = c.mlp, M1 = c.swiglu ? 2 * M : M, R = int64_t(b) * T;
-  const int64_t share = ((R + P - 1) / P + 3) / 4 * 4;  // whole 4-row tiles per thread
+  // Whole 4-row tiles per thread, as evenly as they go: 257 rows on 2 threads
+  // are 128 + 129 (32 tiles + 32 and a 1-row one), not 132 + 125 (33 + 31 and a 1-row one).
+  const int64_t tiles = (R + 3) / 4;
+  const auto rows = [&](int64_t t, int64_t& r0, int64_t& n) {
+    r0 = std::min(R, tiles * t / P * 4);
+    n = std::min(R, tiles * (t + 1) / P * 4) - r0;
+    return n > 0;
+  };
   float* x = s.x.data();
   float* xn = s.xn.data();
   float* tmp = s.tmp.data();
@@ -690,16 +697,16 @@ void block_by_rows(const VitKernels& K, const VitConfig& c, const VitLayerWeight
   const VitAct act = kernel_act(c.act);
   // xn = LN1(x); qkv = xn W_qkv^T + b, rows [r0, r0 + n) per thread
   team.run(P, [&](int64_t t, int) {
-    const int64_t r0 = std::min(R, t * share), n = std::min(R, r0 + share) - r0;
-    if (n <= 0) return;
+    int64_t r0, n;
+    if (!rows(t, r0, n)) return;
     K.layer_norm(x + r0 * D, D, n, int(D), L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, xn + r0 * D, D);
     pmatmul(n, xn + r0 * D, D, L.qkv_p, 0, 3 * D, L.qkv_b.data(), s.qkv.data() + r0 * 3 * D, 3 * D);
   });
   attention(K, c, s, b, T, T, true, team);
   // x += ls1 * (ctx W_o^T + b_o); xn = LN2(x); mid = act(xn W1^T + b1); x += ls2 * (mid W2^T + b2)
   team.run(P, [&](int64_t t, int) {
-    const int64_t r0 = std::min(R, t * share), n = std::min(R, r0 + share) - r0;
-    if (n <= 0) return;
+    int64_t r0, n;
+    if (!rows(t, r0, n)) return;
     pmatmul(n, s.ctx.data() + r0 * D, D, L.out_p, 0, D, nullptr, tmp + r0 * D, D);
     K.residual(x + r0 * D, D, tmp + r0 * D, D, n, 0, D, L.out_b.data(), ls1);
     K.layer_norm(x + r0 * D, D, n, int(D), L.ln2_w.data(), L.ln2_b.data(), c.ln_eps, xn + r0 * D, D);
