@@ -670,15 +670,31 @@ void attention(const VitKernels& K, const VitConfig& c, Scratch& s, int b, int T
   });
 }
 
-// A packed block with every token's output (nq = T) on a team of P > 1:
-// each thread takes a contiguous share of the rows through everything that
-// is row by row (LayerNorm, the linear layers on pmatmul, activations,
-// residuals), so the block has three fork-joins (rows, attention's heads,
-// rows) where the split by columns had seven. pmatmul computes a row the
-// same way in any share: the result is bit-identical to one thread's.
+// A block with every token's output (nq = T) on a team of P > 1, its linear
+// layers on weights packed at load (pmatmul) or int8 (qmatmul): each thread
+// takes a contiguous share of the rows through everything that is row by row
+// (LayerNorm, the linear layers, activations, residuals), so the block has
+// three fork-joins (rows, attention's heads, rows) where the split by columns
+// had seven, and no thread packs or quantizes rows of A that another thread
+// also does (the column split made every thread quantize all of A: int8,
+// batch 1, 2 threads against 1, in one process alternating: ViT-S 1.63x to
+// 1.75x with columns, 1.72x to 1.85x with rows; ViT-B 1.73x / 1.76x and 1.77x
+// / 1.78x). pmatmul and qmatmul compute a row the same way in any share:
+// bit-identical to one thread's.
 void block_by_rows(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T,
-                   Team& team) {
+                   bool packed, Team& team) {
   const int P = team.size();
+  // out [n, cols] = a W^T + bias (bias may be null) on W's packed or int8 copy.
+  const auto product = [](int64_t n, const float* a, int64_t lda, const QuantizedMatrix& q, const PackedMatrix& p,
+                          int64_t cols, const float* bias, float* out, int64_t ldo) {
+    if (!p.empty()) {
+      pmatmul(n, a, lda, p, 0, cols, bias, out, ldo);
+    } else {
+      QuantEpilogue e;
+      e.bias = bias;
+      qmatmul(n, a, lda, q, 0, cols, out, ldo, e);
+    }
+  };
   const int64_t D = c.hidden, M = c.mlp, M1 = c.swiglu ? 2 * M : M, R = int64_t(b) * T;
   // Whole 4-row tiles per thread, as evenly as they go: 257 rows on 2 threads
   // are 128 + 129 (32 tiles + 32 and a 1-row one), not 132 + 125 (33 + 31 and a 1-row one).
@@ -700,22 +716,22 @@ void block_by_rows(const VitKernels& K, const VitConfig& c, const VitLayerWeight
     int64_t r0, n;
     if (!rows(t, r0, n)) return;
     K.layer_norm(x + r0 * D, D, n, int(D), L.ln1_w.data(), L.ln1_b.data(), c.ln_eps, xn + r0 * D, D);
-    pmatmul(n, xn + r0 * D, D, L.qkv_p, 0, 3 * D, L.qkv_b.data(), s.qkv.data() + r0 * 3 * D, 3 * D);
+    product(n, xn + r0 * D, D, L.qkv_q, L.qkv_p, 3 * D, L.qkv_b.data(), s.qkv.data() + r0 * 3 * D, 3 * D);
   });
-  attention(K, c, s, b, T, T, true, team);
+  attention(K, c, s, b, T, T, packed, team);
   // x += ls1 * (ctx W_o^T + b_o); xn = LN2(x); mid = act(xn W1^T + b1); x += ls2 * (mid W2^T + b2)
   team.run(P, [&](int64_t t, int) {
     int64_t r0, n;
     if (!rows(t, r0, n)) return;
-    pmatmul(n, s.ctx.data() + r0 * D, D, L.out_p, 0, D, nullptr, tmp + r0 * D, D);
+    product(n, s.ctx.data() + r0 * D, D, L.out_q, L.out_p, D, nullptr, tmp + r0 * D, D);
     K.residual(x + r0 * D, D, tmp + r0 * D, D, n, 0, D, L.out_b.data(), ls1);
     K.layer_norm(x + r0 * D, D, n, int(D), L.ln2_w.data(), L.ln2_b.data(), c.ln_eps, xn + r0 * D, D);
-    pmatmul(n, xn + r0 * D, D, L.fc1_p, 0, M1, L.fc1_b.data(), mid + r0 * M1, M1);
+    product(n, xn + r0 * D, D, L.fc1_q, L.fc1_p, M1, L.fc1_b.data(), mid + r0 * M1, M1);
     if (c.swiglu)
       K.swiglu(mid, r0, r0 + n, int(M), nullptr);
     else
       K.bias_act(mid + r0 * M1, M1, n, 0, M1, nullptr, act);
-    pmatmul(n, mid + r0 * M1, M1, L.fc2_p, 0, D, nullptr, tmp + r0 * D, D);
+    product(n, mid + r0 * M1, M1, L.fc2_q, L.fc2_p, D, nullptr, tmp + r0 * D, D);
     K.residual(x + r0 * D, D, tmp + r0 * D, D, n, 0, D, L.fc2_b.data(), ls2);
   });
 }
@@ -724,14 +740,15 @@ void block_by_rows(const VitKernels& K, const VitConfig& c, const VitLayerWeight
 // token's output; nq = 1 only the CLS token's (enough for the last block when
 // only the pooled output is wanted: K and V still come from all tokens).
 // packed: attention on pmatmul (the model was packed, pack_vit_model).
-// team: the threads inside the block (rows of a packed float32 block, else
-// columns of each linear layer; heads of the attention; team.h explains why
-// not OpenMP); a team of 1 when whole images are spread over threads instead.
+// team: the threads inside the block (rows where the linear layers are packed
+// or int8, else columns of each linear layer; heads of the attention; team.h
+// explains why not OpenMP); a team of 1 when whole images are spread over
+// threads instead.
 void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Scratch& s, int b, int T, int nq,
            bool packed, Team& team) {
   const int P = team.size();
-  if (!L.qkv_p.empty() && P > 1 && nq == T) {  // float32 linear layers packed
-    block_by_rows(K, c, L, s, b, T, team);
+  if ((!L.qkv_p.empty() || !L.qkv_q.empty()) && P > 1 && nq == T) {  // linear layers packed or int8
+    block_by_rows(K, c, L, s, b, T, packed, team);
     return;
   }
   const int D = c.hidden, M = c.mlp;
