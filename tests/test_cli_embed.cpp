@@ -159,6 +159,26 @@ TEST(CliEmbed, Int8PrecisionIsRecordedAtCreate) {
     EXPECT_NE(r.err.find("runs at int8 precision, but this memory's embeddings are f32"), std::string::npos) << r.err;
     EXPECT_EQ(run_cli("classify " + fmem + " " + a).exit_code, 0);
   }
+  {
+    // int8 embeddings of an earlier int8 revision (7-bit activations: the
+    // fingerprint ended in "|int8"): refused, with a message that says so.
+    const std::string old_mem = t / "old8.db";
+    ASSERT_EQ(run_cli("create " + old_mem + " --model " + model + " --precision int8").exit_code, 0);
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(old_mem.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "UPDATE meta SET value = substr(value, 1, length(value) - 3) WHERE key='fingerprint'",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+    r = run_cli("add " + old_mem + " " + t / "imgs");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("int8 embeddings of another vismem version than this memory's (same model; this memory: "
+                         "int8, this build: int8|a8)"),
+              std::string::npos)
+        << r.err;
+    r = run_cli("info " + old_mem);
+    EXPECT_NE(r.out.find("items       0"), std::string::npos) << r.out;
+  }
   // A typo in VISMEM_PRECISION is said even where the recorded precision decides.
   setenv("VISMEM_PRECISION", "INT8", 1);
   r = run_cli("classify " + mem + " " + a);

@@ -240,7 +240,7 @@ TEST(MobileNet, Int8StaysCloseToFloatAndKeepsTheLabels) {
     auto i8 = load_encoder(kV1, Precision::int8);
     EXPECT_EQ(i8->precision(), Precision::int8);
     EXPECT_EQ(f32->precision(), Precision::f32);
-    EXPECT_EQ(i8->fingerprint(), f32->fingerprint() + "|int8");
+    EXPECT_EQ(i8->fingerprint(), f32->fingerprint() + "|int8|a8");  // a8: 8-bit activations
     const std::vector<float> px = fixture_pixels(*f32);
     const int n = static_cast<int>(kPhotos.size());
     std::vector<float> a(n * 1024), b(n * 1024), b1(1024);

@@ -1090,7 +1090,7 @@ ValueError for an array of the wrong shape or dtype. The GIL is released.
 Loads an encoder: a .tflite file (MobileNet V1 embedder, MobileNet V2) or a Hugging Face
 checkpoint folder (config.json + model.safetensors) of DINOv2 or CLIP.
 precision: "f32" or "int8" (the big matrix products as int8 GEMMs; its fingerprint
-then ends in "|int8"); None: VISMEM_PRECISION, default "f32".
+then ends in "|int8", MobileNet's in "|int8|a8"); None: VISMEM_PRECISION, default "f32".
 Raises FileNotFoundError / OSError when it is missing or not a model vismem reads,
 ValueError for another precision.
 )doc");

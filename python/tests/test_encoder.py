@@ -119,7 +119,7 @@ def test_int8_precision_matches_cli_and_is_recorded(tmp_path, enc):
     paths = [p for p, _ in images("val", 1)]
     q = vismem.load_encoder(MODEL, precision="int8")
     assert (q.precision, enc.precision) == ("int8", "f32")
-    assert q.fingerprint == enc.fingerprint + "|int8"
+    assert q.fingerprint == enc.fingerprint + "|int8|a8"  # a8: the int8 revision with 8-bit activations
     run_cli("embed", "--model", MODEL, "--precision", "int8", *paths, "--out", tmp_path / "q.npy")
     x = q.embed(paths)
     np.testing.assert_array_equal(x, np.load(tmp_path / "q.npy"))

@@ -11,7 +11,9 @@
 // Precision::int8), `vismem create --precision int8`, or VISMEM_PRECISION=int8):
 // the big matrix products then run as int8 GEMMs (qgemm.h: 8-bit weights per
 // output channel, 8-bit (or 7-bit) activations per row at run time) and fingerprint() gains
-// "|int8", so a memory never mixes int8 and float32 embeddings.
+// "|int8" (then, where the int8 numerics were revised, "|" and the revision:
+// MobileNet "|int8|a8"), so a memory never mixes int8 and float32 embeddings,
+// nor int8 embeddings of two revisions.
 //
 // Thread safety: an Encoder is read-only after loading (its weights are shared);
 // forward() may run concurrently from several threads, each call allocating

@@ -655,8 +655,10 @@ int MobileNet::dim() const { return static_cast<int>(impl_->values[impl_->embed.
 int MobileNet::input_size() const { return impl_->input_size; }
 const PreprocessConfig& MobileNet::preprocess() const { return impl_->pre; }
 std::string MobileNet::fingerprint() const {
-  // int8 embeddings differ from float ones: a memory must not mix them.
-  return impl_->sha256 + "|" + impl_->pre.describe() + (impl_->precision == Precision::int8 ? "|int8" : "");
+  // int8 embeddings differ from float ones: a memory must not mix them. "|a8":
+  // the int8 revision with 8-bit activations and the first 1x1 conv in float32;
+  // the earlier one (7-bit activations, "|int8" alone) made other numbers.
+  return impl_->sha256 + "|" + impl_->pre.describe() + (impl_->precision == Precision::int8 ? "|int8|a8" : "");
 }
 Precision MobileNet::precision() const { return impl_->precision; }
 int MobileNet::output_dim() const { return static_cast<int>(impl_->values[impl_->full.out_value].size()); }

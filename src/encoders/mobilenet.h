@@ -26,7 +26,8 @@
 // int8's error), the depthwise convs and the pooling stay float32. The file's
 // uint8 weights are kept exactly (quantize_rows' grid) but for the few channels
 // whose codes reach past 127 from the zero point.
-// Embeddings: cosine >= 0.9997 to float32's. fingerprint() ends in "|int8".
+// Embeddings: cosine >= 0.9997 to float32's. fingerprint() ends in "|int8|a8"
+// (the earlier int8 revision, 7-bit activations, ended in "|int8").
 // Kernels: per vector ISA level (portable, AVX2, AVX-512; mobilenet_kernels.inl),
 // chosen at run time by cpu_isa(). The float convs (all of them in float32,
 // the first two in int8) run on weights packed at load (pmatmul,
@@ -62,7 +63,7 @@ class MobileNet final : public Encoder {
   int dim() const override;           // channels of the pooled embedding
   int input_size() const override;    // the model's input height (224)
   const PreprocessConfig& preprocess() const override;  // PreprocessConfig::mobilenet(), crop = input_size()
-  std::string fingerprint() const override;             // sha256 of the file + "|" + preprocess().describe() (+ "|int8")
+  std::string fingerprint() const override;             // sha256 of the file + "|" + preprocess().describe() (+ "|int8|a8")
   Precision precision() const override;
   // pixels: n x 3 x S x S CHW; out: n x dim(). threads: 0 = default_threads().
   void forward(const float* pixels, int n, float* out, int threads = 0) const override;

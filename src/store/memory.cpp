@@ -1924,17 +1924,27 @@ std::optional<IndexInfo> Memory::index_info(bool load) const {
 void Memory::check_fingerprint(const std::string& fingerprint, const std::string& what) const {
   std::string mine = impl_->meta("fingerprint");
   if (mine.empty() || mine == fingerprint) return;
-  // Encoders mark int8 embeddings by a "|int8" suffix (encoder.h): the same
-  // model at the other precision gets its own message.
-  const std::string int8 = "|int8";
-  const auto is_int8_of = [&](const std::string& a, const std::string& b) { return a == b + int8; };
-  if (is_int8_of(mine, fingerprint) || is_int8_of(fingerprint, mine)) {
-    const bool mem_int8 = is_int8_of(mine, fingerprint);
+  // Encoders mark int8 embeddings by a "|int8" suffix (encoder.h), possibly
+  // followed by a revision of their int8 numerics ("|int8|a8"): the same model
+  // at the other precision, or at another int8 revision, gets its own message.
+  const auto split = [](const std::string& fp) {
+    const size_t at = fp.rfind("|int8");
+    return at == std::string::npos ? std::pair<std::string, std::string>{fp, ""}
+                                   : std::pair<std::string, std::string>{fp.substr(0, at), fp.substr(at + 1)};
+  };
+  const auto [mine_model, mine_int8] = split(mine);
+  const auto [given_model, given_int8] = split(fingerprint);
+  if (mine_model == given_model && mine_int8.empty() != given_int8.empty()) {
+    const bool mem_int8 = !mine_int8.empty();
     throw Error(what + " runs at " + (mem_int8 ? "f32" : "int8") + " precision, but this memory's embeddings are " +
                 (mem_int8 ? "int8" : "f32") + " (same model): use --precision " + (mem_int8 ? "int8" : "f32") +
                 " or VISMEM_PRECISION=" + (mem_int8 ? "int8" : "f32"));
   }
-  // Fingerprints are "sha256|preprocessing[|int8]": show where they differ.
+  if (mine_model == given_model)
+    throw Error(what + " makes the int8 embeddings of another vismem version than this memory's (same model; this "
+                "memory: " + mine_int8 + ", this build: " + given_int8 + "): they differ in their last digits and "
+                "must not be mixed; create a new memory with --precision int8 and add its images again");
+  // Fingerprints are "sha256|preprocessing[|int8...]": show where they differ.
   size_t at = 0;
   while (at < mine.size() && at < fingerprint.size() && mine[at] == fingerprint[at]) ++at;
   const size_t from = at < 8 ? 0 : at - 8;
