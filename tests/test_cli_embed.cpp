@@ -79,6 +79,18 @@ TEST(CliEmbed, MobileNetUint8InputMatchesOpenCV) {
   r = run_cli("embed --model " + model + " --input " + shared_dir() + "/fixtures/dinov2_tiny/input_70.npy --out " + t / "x.npy");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("224x224"), std::string::npos) << r.err;
+  // A NaN pixel is refused at both precisions (int8's quantized products pass
+  // the NaN on, as float32's do), and nothing is written.
+  std::vector<float> px(size_t(3) * 224 * 224, 0.25f);
+  px[1000] = std::nanf("");
+  vismem::write_npy_f32(t / "nan.npy", px.data(), {1, 3, 224, 224});
+  for (const char* precision : {"f32", "int8"}) {
+    r = run_cli("embed --model " + model + " --precision " + precision + " --input " + t / "nan.npy" + " --out " +
+                t / "nan_out.npy");
+    EXPECT_EQ(r.exit_code, 1) << precision;
+    EXPECT_NE(r.err.find("NaN or infinite"), std::string::npos) << precision << ": " << r.err;
+    EXPECT_FALSE(std::filesystem::exists(t / "nan_out.npy")) << precision;
+  }
 }
 
 TEST(CliEmbed, ImagesInArgumentOrderAndCorruptFileIsAnError) {

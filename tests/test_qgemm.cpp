@@ -7,6 +7,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -220,4 +221,51 @@ TEST(Qgemm, EightBitActivationsAreCloserThanSeven) {
   for (size_t i = 0; i < ref.size(); ++i) e7 += std::pow(c7[i] - ref[i], 2), e8 += std::pow(c8[i] - ref[i], 2);
   std::printf("rms error, 7-bit activations %.4g, 8-bit %.4g\n", std::sqrt(e7 / ref.size()), std::sqrt(e8 / ref.size()));
   EXPECT_LT(e8, 0.4 * e7);  // about a quarter: half the step
+}
+
+// Rows no float product would lose: a NaN or an infinity gives NaN outputs
+// (so that an encoder's output check refuses them, as in float32), even
+// through a clamp; values past FLT_MAX / 2 keep their sign and size; a range
+// below ~1e-36 is zero (the bias alone); a weight that is NaN is an error.
+// Every level agrees.
+TEST(Qgemm, ExtremeRowsAtEveryLevel) {
+  IsaGuard guard;
+  const int64_t n = 8, k = 4;
+  const std::vector<float> w(size_t(n * k), 1.0f);
+  const vismem::QuantizedMatrix q = vismem::quantize_rows(w.data(), n, k);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::vector<float>> rows = {
+      {nan, 1, 2, 3}, {inf, 1, 0, 0}, {-inf, 1, 0, 0}, {2e38f, -2e38f, 3e38f, 0}, {1e-38f, 0, 0, 0}, {1, 2, 3, 4}};
+  for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {
+    vismem::set_isa(vismem::Isa(level));
+    for (bool clamp : {false, true}) {
+      vismem::QuantEpilogue epi;
+      const std::vector<float> bias(size_t(n), 0.5f);
+      epi.bias = bias.data();
+      if (clamp) epi.lo = 0.0f, epi.hi = 6.0f;
+      std::vector<float> c(rows.size() * n);
+      for (size_t r = 0; r < rows.size(); ++r) vismem::qmatmul(1, rows[r].data(), k, q, 0, n, c.data() + r * n, n, epi);
+      const char* at = vismem::isa_name(vismem::Isa(level));
+      for (int64_t j = 0; j < n; ++j) {
+        EXPECT_TRUE(std::isnan(c[0 * n + j])) << at << " NaN row, clamp " << clamp;
+        EXPECT_TRUE(std::isnan(c[1 * n + j])) << at << " +inf row, clamp " << clamp;
+        EXPECT_TRUE(std::isnan(c[2 * n + j])) << at << " -inf row, clamp " << clamp;
+        if (clamp) {
+          EXPECT_EQ(c[3 * n + j], 6.0f) << at;
+        } else {
+          EXPECT_NEAR(c[3 * n + j] / 3e38f, 1.0f, 0.02f) << at << " " << c[3 * n + j];
+        }
+        EXPECT_EQ(c[4 * n + j], 0.5f) << at;  // the bias alone
+        EXPECT_NEAR(c[5 * n + j], clamp ? 6.0f : 10.5f, 0.05f) << at;
+      }
+    }
+  }
+  std::vector<float> bad = w;
+  bad[5] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(vismem::quantize_rows(bad.data(), n, k), vismem::Error);
+  // A row of weights below 127 * FLT_MIN quantizes to zero, not to an overflow.
+  std::vector<float> tiny(static_cast<size_t>(n * k), 1e-37f), a(static_cast<size_t>(k), 1e30f), c(static_cast<size_t>(n));
+  const vismem::QuantizedMatrix qt = vismem::quantize_rows(tiny.data(), n, k);
+  vismem::qmatmul(1, a.data(), k, qt, 0, n, c.data(), n);
+  for (float v : c) EXPECT_EQ(v, 0.0f);
 }

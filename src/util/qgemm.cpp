@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <string>
 
 #include "cpu.h"
 #include "error.h"
@@ -41,7 +43,13 @@ constexpr int32_t kPairLimit = 128;  // the largest |q[2i]| + |q[2i+1]| that 8-b
 // they are kept exactly, with scale = grid.
 float quantize_weight_row(const float* x, int64_t k, int64_t kp, float grid, int8_t* q) {
   float mx = 0.0f;
-  for (int64_t i = 0; i < k; ++i) mx = std::max(mx, std::fabs(x[i]));
+  for (int64_t i = 0; i < k; ++i) {
+    if (!std::isfinite(x[i])) throw Error("quantize_rows: a weight is NaN or infinite (column " + std::to_string(i) + ")");
+    mx = std::max(mx, std::fabs(x[i]));
+  }
+  // A row below 127 * FLT_MIN (~1.5e-36) is zero here: its scale would be
+  // subnormal and 1 / scale infinite.
+  if (mx < kWeightLevels * std::numeric_limits<float>::min()) mx = 0.0f;
   float scale = mx / kWeightLevels;
   if (grid > 0.0f && mx / grid <= kWeightLevels + 0.01f) {
     bool on_grid = true;
@@ -49,7 +57,7 @@ float quantize_weight_row(const float* x, int64_t k, int64_t kp, float grid, int
     if (on_grid) scale = grid;
   }
   const float inv = mx > 0.0f ? 1.0f / scale : 0.0f;
-  for (int64_t i = 0; i < k; ++i) q[i] = static_cast<int8_t>(std::lrintf(x[i] * inv));
+  for (int64_t i = 0; i < k; ++i) q[i] = mx > 0.0f ? static_cast<int8_t>(std::lrintf(x[i] * inv)) : int8_t(0);
   std::fill(q + k, q + kp, int8_t(0));
   return mx > 0.0f ? scale : 0.0f;
 }
@@ -115,25 +123,32 @@ void quantize_row_u8(const float* x, int64_t k, float inv, int32_t z, uint8_t* u
     u[j] = static_cast<uint8_t>(std::clamp<int32_t>(static_cast<int32_t>(std::nearbyint(x[j] * inv)) + z, 0, 255));
 }
 
-void row_range(const float* x, int64_t k, float& lo, float& hi) {
-  for (int64_t j = 0; j < k; ++j) lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
+// [lo, hi] of the row; finite = false where a value is NaN or infinite.
+void row_range(const float* x, int64_t k, float& lo, float& hi, bool& finite) {
+  for (int64_t j = 0; j < k; ++j) {
+    lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
+    finite = finite && std::isfinite(x[j]);
+  }
 }
 
 #if defined(__x86_64__)
 // The same two loops with AVX2 (scalar they cost as much as the int8 GEMM).
-__attribute__((target("avx2,fma"))) void row_range_avx2(const float* x, int64_t k, float& lo, float& hi) {
-  __m256 l = _mm256_set1_ps(lo), h = _mm256_set1_ps(hi);
+__attribute__((target("avx2,fma"))) void row_range_avx2(const float* x, int64_t k, float& lo, float& hi,
+                                                        bool& finite) {
+  __m256 l = _mm256_set1_ps(lo), h = _mm256_set1_ps(hi), bad = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= k; j += 8) {
     const __m256 v = _mm256_loadu_ps(x + j);
     l = _mm256_min_ps(l, v);
     h = _mm256_max_ps(h, v);
+    bad = _mm256_or_ps(bad, _mm256_sub_ps(v, v));  // v - v: 0 when finite, NaN otherwise
   }
   float lv[8], hv[8];
   _mm256_storeu_ps(lv, l);
   _mm256_storeu_ps(hv, h);
   for (int i = 0; i < 8; ++i) lo = std::min(lo, lv[i]), hi = std::max(hi, hv[i]);
-  row_range(x + j, k - j, lo, hi);
+  finite = finite && _mm256_movemask_ps(_mm256_cmp_ps(bad, bad, _CMP_UNORD_Q)) == 0;
+  row_range(x + j, k - j, lo, hi, finite);
 }
 
 // 8 floats to int32 round(x * inv) + z (_mm256_cvtps_epi32 rounds to nearest even, as nearbyint).
@@ -175,17 +190,35 @@ QuantizedRows quantize_activations(int64_t m, const float* a, int64_t lda, const
   for (int64_t i = 0; i < m; ++i) {
     const float* x = a + i * lda;
     float lo = 0.0f, hi = 0.0f;
+    bool finite = true;
     uint8_t* u = &r.u[i * kp];
 #if defined(__x86_64__)
-    if (avx2) row_range_avx2(x, k, lo, hi);
+    if (avx2) row_range_avx2(x, k, lo, hi, finite);
 #endif
-    if (!avx2) row_range(x, k, lo, hi);
-    const float s = (hi - lo) / levels, inv = hi > lo ? levels / (hi - lo) : 0.0f;
-    const int32_t z = hi > lo ? static_cast<int32_t>(std::nearbyint(-lo * inv)) : 0;
+    if (!avx2) row_range(x, k, lo, hi, finite);
+    const float range = hi - lo;
+    float s = 0.0f, inv = 0.0f;
+    int32_t z = 0;
+    if (!finite) {
+      s = std::numeric_limits<float>::quiet_NaN();  // the row's outputs are NaN, as a float product's
+    } else if (std::isinf(range)) {  // finite values past FLT_MAX / 2: the range in double
+      const double wide = double(hi) - double(lo);
+      s = float(wide / levels);
+      inv = float(levels / wide);
+      z = static_cast<int32_t>(std::nearbyint(-lo * inv));
+    } else if (range >= levels * std::numeric_limits<float>::min()) {
+      s = range / levels;
+      inv = levels / range;
+      z = static_cast<int32_t>(std::nearbyint(-lo * inv));
+    }  // else a range below ~1e-36 (or none): the row is zero here (1 / range would overflow)
+    if (inv > 0.0f) {
 #if defined(__x86_64__)
-    if (avx2) quantize_row_u8_avx2(x, k, inv, z, u);
+      if (avx2) quantize_row_u8_avx2(x, k, inv, z, u);
 #endif
-    if (!avx2) quantize_row_u8(x, k, inv, z, u);
+      if (!avx2) quantize_row_u8(x, k, inv, z, u);
+    } else {
+      std::fill(u, u + k, static_cast<uint8_t>(0));
+    }
     std::fill(u + k, u + kp, static_cast<uint8_t>(z));
     for (size_t t = 0; t < w.ext_src.size(); ++t) u[ext0 + int64_t(t)] = u[w.ext_src[t]];
     r.scale[i] = s;
@@ -272,7 +305,7 @@ void qmatmul_sse(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w, in
             const __m128 ws = _mm_loadu_ps(&w.scale[col + 4 * h]);
             const __m128i d = _mm_sub_epi32(acc[i][h], _mm_mullo_epi32(z, cs));
             const __m128 y = _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(d), _mm_mul_ps(sa, ws)), _mm_loadu_ps(bias + 4 * h));
-            _mm_storeu_ps(v + 4 * h, _mm_min_ps(_mm_max_ps(y, lo), hi));
+            _mm_storeu_ps(v + 4 * h, _mm_min_ps(hi, _mm_max_ps(lo, y)));  // NaN passes (see qmatmul_avx2)
           }
           store_cols(c + (r + i) * ldc, col, c1, v);
         }
@@ -359,8 +392,10 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
           // order, as the portable epilogue (no FMA contraction), so every level agrees.
           const __m256 y0 = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d0), _mm256_mul_ps(sa, ws0)), b0);
           const __m256 y1 = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d1), _mm256_mul_ps(sa, ws1)), b1);
-          _mm256_storeu_ps(v[0], _mm256_min_ps(_mm256_max_ps(y0, lo), hi));
-          _mm256_storeu_ps(v[1], _mm256_min_ps(_mm256_max_ps(y1, lo), hi));
+          // maxps / minps return the second operand where one is NaN: y's NaN
+          // passes, as through the portable epilogue's std::max / std::min.
+          _mm256_storeu_ps(v[0], _mm256_min_ps(hi, _mm256_max_ps(lo, y0)));
+          _mm256_storeu_ps(v[1], _mm256_min_ps(hi, _mm256_max_ps(lo, y1)));
           store_cols(c + (r + i) * ldc, col, c1, v[0]);
           if (two) store_cols(c + (r + i) * ldc, col1, c1, v[1]);
         }

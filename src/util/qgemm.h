@@ -17,6 +17,10 @@
 // cpu_isa(); the AVX-512 level uses the AVX2 kernel; the portable level the
 // same kernel on 128-bit SSSE3 vectors (plain C++ off x86). Results are
 // identical at every level (exact int32 sums, the same float epilogue).
+// Extremes: a row of A with a NaN or an infinity gives NaN outputs (the clamp
+// lets NaN through), as a float product would; a row whose range is below
+// ~1e-36 counts as zero; finite values past FLT_MAX / 2 keep their size.
+// quantize_rows throws vismem::Error on a NaN or infinite weight.
 // Thread safety: a QuantizedMatrix is read-only after quantize_rows; qmatmul
 // may run from several threads at once (each call quantizes A into its own buffer).
 #pragma once
