@@ -535,6 +535,32 @@ TEST(VitInt8, CloseToHFAtEveryLevel) {
   }
 }
 
+TEST(VitInt8, HiddenSizeNotAMultipleOfEight) {
+  // The last block, when only the pooled output is wanted, computes k and v
+  // for every token but q only for CLS; with int8 weights and a hidden size of
+  // 12 its column ranges no longer start on qmatmul's 8-column blocks. The
+  // pooler equals the one from the full last block (last_hidden wanted), on 1
+  // to 3 threads, at every level.
+  IsaGuard guard;
+  vismem::VitConfig c = vismem::VitConfig::dinov2_vits14();
+  c.hidden = 12, c.heads = 3, c.mlp = 16, c.layers = 2, c.patch = 4, c.image_size = 8;
+  const vismem::VitModel m = vismem::pack_vit_model(vismem::quantize_vit_model(vismem::random_vit_model(c, 1)));
+  std::vector<float> px(size_t(2) * 3 * 8 * 8);
+  std::mt19937 rng(2);
+  std::normal_distribution<float> normal;
+  for (float& v : px) v = normal(rng);
+  for (vismem::Isa level : runnable_levels()) {
+    vismem::set_isa(level);
+    const vismem::VitOutputs full = vismem::vit_forward(m, px.data(), 2, 8, 8, 1, true);
+    for (int threads : {1, 2, 3}) {
+      const vismem::VitOutputs cls = vismem::vit_forward(m, px.data(), 2, 8, 8, threads, false);
+      ASSERT_EQ(cls.pooler.size(), full.pooler.size());
+      for (size_t i = 0; i < cls.pooler.size(); ++i)
+        EXPECT_NEAR(cls.pooler[i], full.pooler[i], 1e-4) << vismem::isa_name(level) << " threads " << threads;
+    }
+  }
+}
+
 TEST(VitInt8, EncoderOptInByEnvironment) {
   const std::string dir = kFix + "/dinov2_tiny";
   const std::string fp32 = vismem::load_vit_encoder(dir)->fingerprint();
