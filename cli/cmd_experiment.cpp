@@ -11,6 +11,14 @@
 
 namespace vismem::cli {
 
+namespace {
+// "f32", or the int8 part of an encoder fingerprint ("int8", "int8|a8"; encoder.h).
+std::string precision_tag(const std::string& fingerprint) {
+  const size_t at = fingerprint.rfind("|int8");
+  return at == std::string::npos ? "f32" : fingerprint.substr(at + 1);
+}
+}  // namespace
+
 namespace fs = std::filesystem;
 
 void add_experiment_commands(CLI::App& app) {
@@ -52,7 +60,7 @@ void add_experiment_commands(CLI::App& app) {
     fs::create_directories(a->cache);
     std::map<std::string, Memory> mems;
     std::map<std::string, LabeledSet> sets;
-    std::string model_id, explicit_fp;
+    std::string model_id, model_fp, explicit_fp;
     for (auto& s : needed) {
       auto [folder, file] = where.at(s);
       std::string db = (fs::path(a->cache) / file).string();
@@ -85,12 +93,17 @@ void add_experiment_commands(CLI::App& app) {
         // An explicit model must be the one the cached set was embedded with.
         if (explicit_fp.empty()) explicit_fp = load_encoder(a->model)->fingerprint();
         if (info.fingerprint != explicit_fp)
-          throw Error(db + " was embedded with " + info.model_id + ", not " + a->model +
-                      "; use another --cache folder for this model");
+          throw Error(db + " was embedded with " + info.model_id + " (" + precision_tag(info.fingerprint) + "), not " +
+                      a->model + " (" + precision_tag(explicit_fp) + "); use another --cache folder for this model");
       }
-      std::string id = info.model_id + (info.fingerprint.empty() ? "" : " (" + info.fingerprint.substr(0, 12) + ")");
-      if (!model_id.empty() && id != model_id) throw Error(db + ": embedded with " + id + ", the other sets with " + model_id);
+      // The sets must share the whole fingerprint: the same model at another
+      // precision (or int8 revision) differs only in its end.
+      std::string id = info.model_id + (info.fingerprint.empty() ? "" : " (" + info.fingerprint.substr(0, 12) + ", " +
+                                                                      precision_tag(info.fingerprint) + ")");
+      if (!model_id.empty() && info.fingerprint != model_fp)
+        throw Error(db + ": embedded with " + id + ", the other sets with " + model_id);
       model_id = id;
+      model_fp = info.fingerprint;
       sets.emplace(s, load_set(m));
       mems.emplace(s, std::move(m));
     }

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <tuple>
 
 #include "error.h"
 #include "experiment.h"
@@ -160,6 +161,30 @@ TEST(Experiment, AllExperimentsThroughTheCli) {
   auto unknown = test::run_cli("experiment nope --cache " + (t / "cache"));
   EXPECT_EQ(unknown.exit_code, 1);
   EXPECT_NE(unknown.err.find("unknown experiment"), std::string::npos) << unknown.err;
+}
+
+TEST(Experiment, CachedSetsOfOneModelAtTwoPrecisionsAreRefused) {
+  // The sets must share the whole fingerprint: the same model's int8
+  // embeddings differ from its float32 ones only in the fingerprint's end.
+  TempDir t;
+  std::filesystem::create_directories(t / "cache");
+  const std::vector<std::string> classes = {"a", "b"};
+  const LabeledSet train = clustered(classes, 6, 1, "tt"), val = clustered(classes, 2, 2, "tv");
+  for (auto [set, name, fp] : {std::tuple{&train, "tiny_train.db", "f409ef4f73fcbb96|pre"},
+                               std::tuple{&val, "tiny_val.db", "f409ef4f73fcbb96|pre|int8|a8"}}) {
+    Memory::CreateOptions co;
+    co.dim = set->dim;
+    co.model_id = "mobilenet_v1";
+    co.fingerprint = fp;
+    Memory m = Memory::create(t / ("cache/" + std::string(name)), co);
+    m.add(set->ids, set->labels, set->x.data());
+  }
+  auto r = test::run_cli("experiment scaling --cache " + (t / "cache") + " --out " + (t / "res") + " --k 3 --seeds 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("embedded with mobilenet_v1 (f409ef4f73fc, int8|a8), the other sets with mobilenet_v1 "
+                       "(f409ef4f73fc, f32)"),
+            std::string::npos)
+      << r.err;
 }
 
 TEST(Experiment, DiscoveryMatchesBuildingEachMemory) {
