@@ -63,7 +63,18 @@ TEST(Qgemm, ColumnRangeWritesOnlyItsColumns) {
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < n; ++j)
       EXPECT_EQ(part[i * n + j], j >= 8 && j < 27 ? all[i * n + j] : 0.0f) << i << "," << j;
-  EXPECT_THROW(vismem::qmatmul(m, a.data(), k, q, 3, 10, part.data(), n), vismem::Error);  // not a block start
+  // A range may start and end inside an 8-column block, at every level.
+  IsaGuard guard;
+  for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {
+    vismem::set_isa(vismem::Isa(level));
+    std::vector<float> mid(size_t(m * n), -5.0f);
+    vismem::qmatmul(m, a.data(), k, q, 3, 21, mid.data(), n);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        EXPECT_EQ(mid[i * n + j], j >= 3 && j < 21 ? all[i * n + j] : -5.0f) << vismem::isa_name(vismem::Isa(level));
+  }
+  EXPECT_THROW(vismem::qmatmul(m, a.data(), k, q, -1, 10, part.data(), n), vismem::Error);
+  EXPECT_THROW(vismem::qmatmul(m, a.data(), k, q, 0, n + 1, part.data(), n), vismem::Error);
   EXPECT_THROW(vismem::quantize_rows(w.data(), 0, k), vismem::Error);
   // A zero row quantizes to zero, not to NaN.
   std::vector<float> zero(size_t(k), 0.0f), out(size_t(n), 1.0f);

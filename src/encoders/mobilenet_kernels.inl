@@ -36,7 +36,7 @@ void clamp_rows(float* __restrict o, int64_t rows, int cols, int64_t ld, float l
 void conv_pointwise(const Layer& L, const float* in, float* out, int64_t p0, int64_t p1, int n0, int n1) {
   const int ci = L.in.c, co = L.out_shape.c;
   // in: [pixels, ci]; w: [co, ci]; out: [pixels, co]
-  if (!L.q.empty()) {  // int8: bias and the fused activation in qmatmul's epilogue (n0 is a multiple of 16)
+  if (!L.q.empty()) {  // int8: bias and the fused activation in qmatmul's epilogue
     QuantEpilogue epi;
     epi.bias = L.b.data();
     epi.lo = L.lo;

@@ -767,11 +767,7 @@ void block(const VitKernels& K, const VitConfig& c, const VitLayerWeights& L, Sc
   if (nq == T) {
     linear(R, 0, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv, 3 * D, team, none);
   } else {
-    // qmatmul's column ranges start on 8-column blocks: with int8 weights and D
-    // not a multiple of 8 the first k columns start a little early, in q's last
-    // block (those q values are computed again, alike, for the CLS rows below).
-    const int64_t kv0 = L.qkv_q.empty() ? D : D / 8 * 8;
-    linear(R, kv0, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv, 3 * D, team, none);
+    linear(R, D, 3 * D, D, s.xn.data(), D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv, 3 * D, team, none);
     linear(b, 0, D, D, s.xn.data(), int64_t(T) * D, L.qkv_w.data(), L.qkv_q, L.qkv_p, L.qkv_b.data(), qkv,
            int64_t(T) * 3 * D, team, none);
   }

@@ -227,10 +227,11 @@ QuantizedRows quantize_activations(int64_t m, const float* a, int64_t lda, const
   return r;
 }
 
-// Writes the 8 columns [col, col + 8) of one output row that fall below c1.
-inline void store_cols(float* c_row, int64_t col, int64_t c1, const float* v) {
-  const int64_t n = std::min<int64_t>(kBlock, c1 - col);
-  std::memcpy(c_row + col, v, size_t(n) * sizeof(float));
+// Writes those of the 8 columns [col, col + 8) of one output row that fall in
+// [c0, c1) (the kernels start at c0's block: a range may begin inside one).
+inline void store_cols(float* c_row, int64_t col, int64_t c0, int64_t c1, const float* v) {
+  const int64_t from = std::max<int64_t>(0, c0 - col), to = std::min<int64_t>(kBlock, c1 - col);
+  if (to > from) std::memcpy(c_row + col + from, v + from, size_t(to - from) * sizeof(float));
 }
 
 #if !defined(__x86_64__)
@@ -239,7 +240,7 @@ void qmatmul_portable(int64_t m, const QuantizedRows& a, const QuantizedMatrix& 
   const int64_t groups = w.kp / 4;
   for (int64_t i = 0; i < m; ++i) {
     const uint8_t* ua = &a.u[i * w.kp];
-    for (int64_t col = c0; col < c1; col += kBlock) {
+    for (int64_t col = c0 / kBlock * kBlock; col < c1; col += kBlock) {
       const int8_t* blk = &w.packed[(col / kBlock) * groups * 32];
       int32_t acc[kBlock] = {};
       for (int64_t g = 0; g < groups; ++g)
@@ -251,7 +252,7 @@ void qmatmul_portable(int64_t m, const QuantizedRows& a, const QuantizedMatrix& 
         if (epi.bias && col + j < c1) v[j] += epi.bias[col + j];
         v[j] = std::min(std::max(v[j], epi.lo), epi.hi);
       }
-      store_cols(c + i * ldc, col, c1, v);
+      store_cols(c + i * ldc, col, c0, c1, v);
     }
   }
 }
@@ -287,7 +288,7 @@ void qmatmul_sse(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w, in
   const __m128 lo = _mm_set1_ps(epi.lo), hi = _mm_set1_ps(epi.hi);
   for (int64_t r0 = 0; r0 < m; r0 += kRowTile) {
     const int64_t r1 = std::min(m, r0 + kRowTile);
-    for (int64_t col = c0; col < c1; col += kBlock) {
+    for (int64_t col = c0 / kBlock * kBlock; col < c1; col += kBlock) {
       const int8_t* wb = &w.packed[(col / kBlock) * groups * 32];
       float bias[kBlock] = {};
       if (epi.bias) std::memcpy(bias, epi.bias + col, size_t(std::min<int64_t>(kBlock, c1 - col)) * sizeof(float));
@@ -307,7 +308,7 @@ void qmatmul_sse(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w, in
             const __m128 y = _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(d), _mm_mul_ps(sa, ws)), _mm_loadu_ps(bias + 4 * h));
             _mm_storeu_ps(v + 4 * h, _mm_min_ps(hi, _mm_max_ps(lo, y)));  // NaN passes (see qmatmul_avx2)
           }
-          store_cols(c + (r + i) * ldc, col, c1, v);
+          store_cols(c + (r + i) * ldc, col, c0, c1, v);
         }
       }
     }
@@ -367,7 +368,7 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
   const __m256 lo = _mm256_set1_ps(epi.lo), hi = _mm256_set1_ps(epi.hi);
   for (int64_t r0 = 0; r0 < m; r0 += kRowTile) {
     const int64_t r1 = std::min(m, r0 + kRowTile);
-    for (int64_t col = c0; col < c1; col += 2 * kBlock) {
+    for (int64_t col = c0 / kBlock * kBlock; col < c1; col += 2 * kBlock) {
       const bool two = col + kBlock < c1;
       const int64_t col1 = two ? col + kBlock : col;
       const int8_t* w0 = &w.packed[(col / kBlock) * groups * 32];
@@ -396,8 +397,8 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
           // passes, as through the portable epilogue's std::max / std::min.
           _mm256_storeu_ps(v[0], _mm256_min_ps(hi, _mm256_max_ps(lo, y0)));
           _mm256_storeu_ps(v[1], _mm256_min_ps(hi, _mm256_max_ps(lo, y1)));
-          store_cols(c + (r + i) * ldc, col, c1, v[0]);
-          if (two) store_cols(c + (r + i) * ldc, col1, c1, v[1]);
+          store_cols(c + (r + i) * ldc, col, c0, c1, v[0]);
+          if (two) store_cols(c + (r + i) * ldc, col1, c0, c1, v[1]);
         }
       }
     }
@@ -438,7 +439,7 @@ QuantizedMatrix quantize_rows(const float* w, int64_t n, int64_t k, const float*
 
 void qmatmul(int64_t m, const float* a, int64_t lda, const QuantizedMatrix& w, int64_t c0, int64_t c1, float* c,
              int64_t ldc, const QuantEpilogue& epi) {
-  if (c0 % kBlock != 0 || c0 < 0 || c1 > w.n) throw Error("qmatmul: bad column range");
+  if (c0 < 0 || c1 > w.n) throw Error("qmatmul: bad column range");
   if (m <= 0 || c0 >= c1) return;
   const QuantizedRows qa = quantize_activations(m, a, lda, w);
 #if defined(__x86_64__)

@@ -56,7 +56,8 @@ struct QuantEpilogue {
 };
 
 // C[r, c] = clamp(sum_k A[r, k] W[c, k] + bias[c]) for rows [0, m) and output
-// columns [c0, c1) (c0 a multiple of 8). A is quantized per row inside the call.
+// columns [c0, c1) (any range in [0, w.n]; C's other columns are not written).
+// A is quantized per row inside the call.
 void qmatmul(int64_t m, const float* a, int64_t lda, const QuantizedMatrix& w, int64_t c0, int64_t c1, float* c,
              int64_t ldc, const QuantEpilogue& epi = {});
 
