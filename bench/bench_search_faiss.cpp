@@ -48,35 +48,13 @@
 #include "cpu.h"
 #include "flat_index.h"
 #include "linalg.h"
+#include "random_rows.h"
 
 extern "C" char* openblas_get_corename(void);
 
 namespace {
 
-uint64_t splitmix(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// Row i of a random unit-vector matrix (uniform in [-1, 1)^d, normalized), the
-// same for any thread count: seeded by (seed, i).
-void random_rows(int64_t first, int64_t count, int d, uint64_t seed, float* out) {
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < count; ++i) {
-    uint64_t s = seed * 0x100000001b3ull + static_cast<uint64_t>(first + i);
-    float* row = out + i * d;
-    double norm2 = 0;
-    for (int j = 0; j < d; ++j) {
-      float v = static_cast<float>(static_cast<int64_t>(splitmix(s) >> 40) - (1ll << 23)) / (1 << 23);
-      row[j] = v;
-      norm2 += double(v) * v;
-    }
-    float inv = static_cast<float>(1.0 / std::sqrt(norm2));
-    for (int j = 0; j < d; ++j) row[j] *= inv;
-  }
-}
+using bench::random_rows;
 
 // Fills the indexes chunk by chunk (the full matrix is never held twice more than needed).
 void fill(int64_t n, int d, uint64_t seed, const std::function<void(int64_t, int64_t, const float*)>& sink) {

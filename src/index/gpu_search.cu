@@ -1,0 +1,295 @@
+// The CUDA path of exact search (gpu_search.h): fixed-order distances and a
+// block-wide sort per 2048 rows, then sort-based reduction of the candidates.
+#include "gpu_search.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "error.h"
+
+namespace vismem {
+
+namespace {
+
+// 1024 threads a block, two blocks an SM (<= 32 registers a thread): at batch 1
+// and N = 500k the scan has 245 blocks, and it takes about 60 warps an SM of
+// loads in flight to keep HBM busy.
+constexpr int kThreads = 1024;
+constexpr int kSortSize = 2048;    // rows (or candidates) one block sorts in shared memory
+constexpr int kLanes = 16;         // the fixed order's lanes: one half-warp
+static_assert(kSortSize % (kThreads / kLanes) == 0, "every half-warp must run the same rows per block");
+constexpr int64_t kMaxBlocksY = 65535;  // gridDim.y limit: rows per launch <= 65535 * 2048
+constexpr int64_t kQueryChunk = 256;    // queries per pass at most
+constexpr int64_t kMaxCandidates = int64_t(1) << 25;  // per pass (12 bytes each): fewer queries where N is huge
+constexpr int64_t kNoKey = std::numeric_limits<int64_t>::max();  // sorts after every real key
+constexpr double kMaxNorm = 1e15;
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw Error(std::string("GPU search: ") + what + ": " + cudaGetErrorString(e));
+}
+
+// Ascending by (distance, key): the order flat_search reports.
+__device__ __forceinline__ bool after(float da, int64_t ka, float db, int64_t kb) {
+  return da > db || (da == db && ka > kb);
+}
+
+// Sorts d[0, kSortSize), k[...] ascending in shared memory (bitonic network).
+__device__ void block_sort(float* d, int64_t* k) {
+  for (int size = 2; size <= kSortSize; size <<= 1)
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      __syncthreads();
+      for (int t = threadIdx.x; t < kSortSize / 2; t += blockDim.x) {
+        const int i = 2 * t - (t & (stride - 1)), j = i + stride;
+        const bool ascending = (i & size) == 0;
+        if (after(d[i], k[i], d[j], k[j]) == ascending) {
+          const float td = d[i];
+          d[i] = d[j];
+          d[j] = td;
+          const int64_t tk = k[i];
+          k[i] = k[j];
+          k[j] = tk;
+        }
+      }
+    }
+  __syncthreads();
+}
+
+// grid (nq, row blocks of this launch): block (qi, b0 + y) scores rows
+// [(b0 + y) * 2048, +2048) for query qi and writes its best kk (distance,
+// key), sorted, to out[(qi * nb + b0 + y) * kk] (launches of at most 65535
+// row blocks each fill their slice of [nq][nb][kk]). x: rows [n, ld] (ld the
+// row stride; dp <= ld the columns summed: dim rounded up to 16, zero
+// padded); q: [nq, dp]. Blocks start x first: every query's block of the
+// same rows runs side by side, so the rows come from memory once and from L2
+// for the other queries.
+__global__ void __launch_bounds__(kThreads, 2)
+    scan_kernel(const float* __restrict__ x, const int64_t* __restrict__ keys, int64_t n, int64_t b0, int ld, int dp,
+                const float* __restrict__ q, int kk, int64_t nb, float* out_d, int64_t* out_k) {
+  extern __shared__ float sq[];  // [dp] the query
+  __shared__ float sd[kSortSize];
+  __shared__ int64_t sk[kSortSize];
+  const int qi = blockIdx.x;
+  const int64_t b = b0 + blockIdx.y;
+  for (int j = threadIdx.x; j < dp; j += blockDim.x) sq[j] = q[int64_t(qi) * dp + j];
+  __syncthreads();
+  const int lane = threadIdx.x % kLanes, group = threadIdx.x / kLanes;
+  const int64_t first = b * kSortSize;
+  // Every half-warp runs the same number of iterations (kSortSize is a
+  // multiple of the groups), so the shuffles below always have all 32 lanes.
+  for (int i = group; i < kSortSize; i += kThreads / kLanes) {
+    const int64_t r = first + i;
+    float acc = 0.0f;
+    if (r < n) {
+      const float* xr = x + r * ld;
+#pragma unroll 8  // the loads do not wait on acc: eight of them in flight
+      for (int j = lane; j < dp; j += kLanes) acc = __fmaf_rn(sq[j], xr[j], acc);
+    }
+    // The tree of flat_index.h: lane l adds lane l ^ 8, then ^ 4, ^ 2, ^ 1
+    // (a + b == b + a exactly, so either lane of a pair holds the same sum).
+    acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, 8));
+    acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, 4));
+    acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, 2));
+    acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, 1));
+    if (lane == 0) {
+      const int64_t key = r < n ? keys[r] : -1;
+      sd[i] = key >= 0 ? __fsub_rn(1.0f, acc) : INFINITY;
+      sk[i] = key >= 0 ? key : kNoKey;
+    }
+  }
+  block_sort(sd, sk);
+  const int64_t o = (int64_t(qi) * nb + b) * kk;
+  for (int t = threadIdx.x; t < kk; t += blockDim.x) {
+    out_d[o + t] = sd[t];
+    out_k[o + t] = sk[t];
+  }
+}
+
+// grid (nq, blocks): block (qi, b) sorts candidates [b * 2048, +2048) of
+// query qi's m (in[qi * m ...]) and writes its best kk to out[(qi * nb + b) * kk].
+__global__ void __launch_bounds__(kThreads, 2) reduce_kernel(const float* in_d, const int64_t* in_k, int64_t m, int kk, int nb, float* out_d,
+                              int64_t* out_k) {
+  __shared__ float sd[kSortSize];
+  __shared__ int64_t sk[kSortSize];
+  const int qi = blockIdx.x, b = blockIdx.y;
+  const int64_t first = int64_t(b) * kSortSize;
+  for (int t = threadIdx.x; t < kSortSize; t += blockDim.x) {
+    const int64_t c = first + t;
+    sd[t] = c < m ? in_d[int64_t(qi) * m + c] : INFINITY;
+    sk[t] = c < m ? in_k[int64_t(qi) * m + c] : kNoKey;
+  }
+  block_sort(sd, sk);
+  const int64_t o = (int64_t(qi) * nb + b) * kk;
+  for (int t = threadIdx.x; t < kk; t += blockDim.x) {
+    out_d[o + t] = sd[t];
+    out_k[o + t] = sk[t];
+  }
+}
+
+template <class T>
+struct DeviceBuffer {
+  T* p = nullptr;
+  size_t n = 0;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (p) cudaFree(p);
+  }
+  void reserve(size_t count, const char* what) {
+    if (count <= n) return;
+    if (p) cudaFree(p);
+    p = nullptr;
+    n = 0;
+    check(cudaMalloc(&p, count * sizeof(T)), what);
+    n = count;
+  }
+};
+
+}  // namespace
+
+bool gpu_search_available(std::string* why) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    if (why) *why = e != cudaSuccess ? std::string("no usable CUDA device: ") + cudaGetErrorString(e)
+                                     : std::string("no CUDA device");
+    return false;
+  }
+  return true;
+}
+
+struct GpuFlatSearch::Impl {
+  int dim = 0, ld = 0, dp = 0;
+  int64_t n = 0;
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  DeviceBuffer<float> x;
+  DeviceBuffer<int64_t> keys;
+  // Per search: the queries, and two candidate buffers the reduction alternates between.
+  mutable std::mutex mu;
+  mutable DeviceBuffer<float> q, cd[2];
+  mutable DeviceBuffer<int64_t> ck[2];
+  ~Impl() {
+    if (stream) cudaStreamDestroy(stream);
+  }
+};
+
+GpuFlatSearch::GpuFlatSearch(const FlatRows& rows, int dim) : impl_(std::make_unique<Impl>()) {
+  std::string why;
+  if (!gpu_search_available(&why)) throw Error("GPU search: " + why);
+  if (dim <= 0) throw Error("GPU search: dimension " + std::to_string(dim) + " is not positive");
+  if (rows.n < 0 || (rows.n > 0 && (!rows.x || !rows.keys))) throw Error("GPU search: bad rows (null or negative count)");
+  Impl& s = *impl_;
+  s.dim = dim;
+  s.ld = flat_row_stride(dim);
+  s.dp = (dim + kLanes - 1) / kLanes * kLanes;
+  s.n = rows.n;
+  check(cudaGetDevice(&s.device), "cudaGetDevice");
+  // The query lives in shared memory beside the 24 KB of the sort.
+  int smem_max = 0;
+  check(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, s.device), "reading the device");
+  const int smem = s.dp * int(sizeof(float));
+  if (smem + kSortSize * int(sizeof(float) + sizeof(int64_t)) > smem_max)
+    throw Error("GPU search: dimension " + std::to_string(dim) + " is too large for this GPU's shared memory");
+  check(cudaFuncSetAttribute(scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "configuring the scan");
+  check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "creating a stream");
+  if (s.n > 0) {
+    s.x.reserve(size_t(s.n) * s.ld, "allocating the rows on the GPU");
+    s.keys.reserve(size_t(s.n), "allocating the keys on the GPU");
+    check(cudaMemcpy(s.x.p, rows.x, size_t(s.n) * s.ld * sizeof(float), cudaMemcpyHostToDevice), "copying the rows");
+    check(cudaMemcpy(s.keys.p, rows.keys, size_t(s.n) * sizeof(int64_t), cudaMemcpyHostToDevice), "copying the keys");
+  }
+}
+
+GpuFlatSearch::~GpuFlatSearch() = default;
+
+int GpuFlatSearch::dim() const { return impl_->dim; }
+int64_t GpuFlatSearch::rows() const { return impl_->n; }
+
+std::string GpuFlatSearch::device() const {
+  cudaDeviceProp p{};
+  check(cudaGetDeviceProperties(&p, impl_->device), "cudaGetDeviceProperties");
+  return std::string(p.name) + ", " + std::to_string(p.totalGlobalMem >> 30) + " GiB, sm_" +
+         std::to_string(p.major) + std::to_string(p.minor);
+}
+
+void GpuFlatSearch::search(int64_t nq, const float* q, int k, float* distances, int64_t* out_keys) const {
+  const Impl& s = *impl_;
+  if (nq < 0) throw Error("search: negative query count " + std::to_string(nq));
+  if (k < 0) throw Error("search: negative k " + std::to_string(k));
+  if (k > kMaxK) throw Error("GPU search: k = " + std::to_string(k) + " is over " + std::to_string(kMaxK));
+  if (nq == 0 || k == 0) return;
+  if (!q || !distances || !out_keys) throw Error("search: null queries or outputs");
+  for (int64_t i = 0; i < nq; ++i) {
+    double norm2 = 0.0;
+    for (int j = 0; j < s.dim; ++j) {
+      const float v = q[i * s.dim + j];
+      if (!std::isfinite(v))
+        throw Error("search: query " + std::to_string(i) + " has a non-finite value at column " + std::to_string(j));
+      norm2 += static_cast<double>(v) * v;
+    }
+    if (norm2 > kMaxNorm * kMaxNorm)
+      throw Error("search: query " + std::to_string(i) + " has norm " + std::to_string(std::sqrt(norm2)) +
+                  " (over 1e15: dot products would overflow)");
+  }
+  std::lock_guard<std::mutex> lock(s.mu);
+  const int64_t total_blocks = std::max<int64_t>(1, (s.n + kSortSize - 1) / kSortSize);
+  std::vector<float> qp;  // queries zero padded to dp columns
+  std::vector<float> best_d;
+  std::vector<int64_t> best_k;
+  const int64_t chunk = std::clamp<int64_t>(kMaxCandidates / (total_blocks * k), 1, kQueryChunk);
+  for (int64_t i0 = 0; i0 < nq; i0 += chunk) {
+    const int64_t m = std::min(chunk, nq - i0);
+    qp.assign(size_t(m) * s.dp, 0.0f);
+    for (int64_t i = 0; i < m; ++i)
+      std::copy(q + (i0 + i) * s.dim, q + (i0 + i + 1) * s.dim, qp.begin() + i * s.dp);
+    s.q.reserve(qp.size(), "allocating the queries on the GPU");
+    check(cudaMemcpyAsync(s.q.p, qp.data(), qp.size() * sizeof(float), cudaMemcpyHostToDevice, s.stream),
+          "copying the queries");
+    // Scan: every block of rows writes its best k per query, [m][total_blocks][k].
+    int64_t cands = total_blocks * k;
+    s.cd[0].reserve(size_t(m * cands), "allocating the candidates on the GPU");
+    s.ck[0].reserve(size_t(m * cands), "allocating the candidates on the GPU");
+    for (int64_t b0 = 0; b0 < total_blocks; b0 += kMaxBlocksY) {
+      const int64_t nb = std::min(kMaxBlocksY, total_blocks - b0);
+      scan_kernel<<<dim3(unsigned(m), unsigned(nb)), kThreads, size_t(s.dp) * sizeof(float), s.stream>>>(
+          s.x.p, s.keys.p, s.n, b0, s.ld, s.dp, s.q.p, k, total_blocks, s.cd[0].p, s.ck[0].p);
+    }
+    check(cudaGetLastError(), "launching the scan");
+    // Reduce: kSortSize candidates per block to k, until one list per query.
+    int cur = 0;
+    while (cands > k) {
+      const int64_t nb = (cands + kSortSize - 1) / kSortSize;
+      s.cd[1 - cur].reserve(size_t(m * nb * k), "allocating the candidates on the GPU");
+      s.ck[1 - cur].reserve(size_t(m * nb * k), "allocating the candidates on the GPU");
+      reduce_kernel<<<dim3(unsigned(m), unsigned(nb)), kThreads, 0, s.stream>>>(
+          s.cd[cur].p, s.ck[cur].p, cands, k, int(nb), s.cd[1 - cur].p, s.ck[1 - cur].p);
+      check(cudaGetLastError(), "launching the reduction");
+      cur = 1 - cur;
+      cands = nb * k;
+    }
+    best_d.resize(size_t(m * k));
+    best_k.resize(size_t(m * k));
+    check(cudaMemcpyAsync(best_d.data(), s.cd[cur].p, best_d.size() * sizeof(float), cudaMemcpyDeviceToHost,
+                          s.stream),
+          "copying the results");
+    check(cudaMemcpyAsync(best_k.data(), s.ck[cur].p, best_k.size() * sizeof(int64_t), cudaMemcpyDeviceToHost,
+                          s.stream),
+          "copying the results");
+    check(cudaStreamSynchronize(s.stream), "searching");
+    for (int64_t t = 0; t < m * k; ++t) {
+      const bool live = best_k[size_t(t)] != kNoKey;
+      distances[i0 * k + t] = live ? best_d[size_t(t)] : std::numeric_limits<float>::infinity();
+      out_keys[i0 * k + t] = live ? best_k[size_t(t)] : -1;
+    }
+  }
+}
+
+}  // namespace vismem
