@@ -3,7 +3,7 @@
 // the CPU's flat_search bit for bit.
 //
 // Usage (a build with cmake -DVISMEM_CUDA=ON, on a machine with a GPU; see
-// bench/README.md and scripts/gpu_bundle.sh for a machine without our build deps):
+// bench/README.md and scripts/device_bundle.sh for a machine without our build deps):
 //   bench_gpu_search [--n 500000] [--d 1024] [--k 100] [--batches 1,16,256]
 //                    [--reps 20] [--python python3] [--script bench/gpu_torch_search.py]
 //                    [--no-torch] [--check 8]

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds what a borrowed GPU machine should run (cmake -DVISMEM_CUDA=ON, in
+# build-cuda/) and packs it, with the shared libraries the programs load
+# beyond glibc (found through rpath $ORIGIN/lib, so that machine's python and
+# torch never see our older libstdc++), the PyTorch anchors and a run script,
+# into device_bundle/ (ignored by git; ~25 MB): it runs on a machine that has
+# the NVIDIA driver and python3 with torch but none of our build dependencies
+# (the CUDA runtime is linked statically). Besides the GPU search it carries
+# the CPU checks an AVX-512 host can answer (the kernels at every ISA level it
+# has; bench_vit and bench_search_faiss there).
+#
+#   ./scripts/device_bundle.sh                        # here (nvcc: $NVCC, else on PATH, else /usr/local/cuda/bin/nvcc)
+#   bash device_bundle/run.sh OUT [gpu] [cpu] [vit] [search]   # there: logs in OUT; no part named = all
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+[ -x "$NVCC" ] || { echo "device_bundle: nvcc not found (set NVCC)" >&2; exit 1; }
+programs=(test_gpu_search bench_gpu_search test_flat_index test_packed_gemm test_qgemm bench_vit bench_search_faiss)
+cmake -S . -B build-cuda -DVISMEM_CUDA=ON -DVISMEM_PYTHON=OFF -DVISMEM_BENCH=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
+  '-DCMAKE_BUILD_RPATH=$ORIGIN/lib' >/dev/null
+cmake --build build-cuda -j"$(nproc)" --target "${programs[@]}"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/vismem/lib"
+for p in "${programs[@]}"; do
+  cp "build-cuda/$p" "$stage/vismem/"
+  ldd "build-cuda/$p" | awk '/=> \//{print $3}' | grep -v -E '/(libc|libm|libpthread|libdl|librt)\.so' |
+    xargs -r cp -L -u -t "$stage/vismem/lib"
+done
+cp bench/gpu_torch_search.py bench/vit_torch.py "$stage/vismem/"
+rm -rf device_bundle
+mkdir -p device_bundle
+tar -C "$stage" -czf device_bundle/vismem.tar.gz vismem
+cat > device_bundle/run.sh <<'RUN'
+#!/usr/bin/env bash
+# On the GPU machine. Parts (all when none is named):
+#   gpu:    test_gpu_search (bit for bit against the CPU), memcheck on part of it, bench_gpu_search vs torch
+#   cpu:    the search, packed-GEMM and int8-GEMM tests at every ISA level this CPU has
+#   vit:    bench_vit: ViT-S vs this machine's torch (1 and 2 threads, batch 1 and 16, --quick),
+#           and at VISMEM_ISA=avx2 the packed AVX2 kernel against OpenBLAS's sgemm (--sgemm)
+#   search: bench_search_faiss, batch 1 and 16, 1 thread and all cores
+#   bash device_bundle/run.sh OUT [gpu] [cpu] [vit] [search]
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=$(mkdir -p "${1:-.}" && cd "${1:-.}" && pwd)
+shift || true
+parts=${*:-gpu cpu vit search}
+dir=/tmp/vismem-device
+rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xzf "$here/vismem.tar.gz" && cd "$dir/vismem" || exit 1
+log() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | tee "$out/$name.log"; }
+grep -m1 "model name" /proc/cpuinfo; nproc; nvidia-smi -L 2>/dev/null || true
+for part in $parts; do
+  case $part in
+    gpu)
+      log test_gpu_search ./test_gpu_search
+      command -v compute-sanitizer >/dev/null &&
+        log memcheck compute-sanitizer --tool memcheck ./test_gpu_search --gtest_filter='*Ties*:*Bad*'
+      log bench_gpu_search ./bench_gpu_search --script gpu_torch_search.py ;;
+    cpu)
+      for t in test_flat_index test_packed_gemm test_qgemm; do log "$t" ./"$t" --gtest_brief=1; done ;;
+    vit)
+      log bench_vit_s ./bench_vit --model s --threads 1,2 --batches 1,16 --quick --script vit_torch.py
+      log bench_vit_s_avx2_vs_sgemm env VISMEM_ISA=avx2 ./bench_vit --model s --no-torch --sgemm --threads 1 --batches 1,16 --quick ;;
+    search)
+      log bench_search_1thread ./bench_search_faiss --batches 1,16 --threads 1 --n 250000 --reps 5
+      log bench_search_all ./bench_search_faiss --batches 1,16 --reps 5 ;;
+    *) echo "unknown part $part (gpu cpu vit search)" ;;
+  esac
+done
+RUN
+chmod +x device_bundle/run.sh
+du -sh device_bundle
