@@ -55,12 +55,19 @@ void expect_same(const Rows& rows, int64_t nq, const std::vector<float>& q, int 
   std::vector<int64_t> ck(size_t(nq * k)), gk(size_t(nq * k));
   vismem::flat_search(rows.view(), rows.dim, opt, nq, q.data(), k, cd.data(), ck.data(), 1);
   vismem::GpuFlatSearch gpu(rows.view(), rows.dim);
-  gpu.search(nq, q.data(), k, gd.data(), gk.data());
-  for (int64_t t = 0; t < nq * k; ++t) {
-    ASSERT_EQ(gk[t], ck[t]) << what << ": query " << t / k << ", rank " << t % k;
-    // Bits, not values: the fixed order is the contract.
-    ASSERT_EQ(std::memcmp(&gd[t], &cd[t], sizeof(float)), 0)
-        << what << ": query " << t / k << ", rank " << t % k << ": " << gd[t] << " vs " << cd[t];
+  // Both ways of the GPU: the fused scan (every batch up to 1 << 30) and
+  // scores + selection (batches above 0), on the same data.
+  for (const int fused_max : {1 << 30, 0}) {
+    gpu.set_fused_max_batch(fused_max);
+    const char* way = fused_max ? "fused" : "scores";
+    std::fill(gd.begin(), gd.end(), -1.0f);
+    gpu.search(nq, q.data(), k, gd.data(), gk.data());
+    for (int64_t t = 0; t < nq * k; ++t) {
+      ASSERT_EQ(gk[t], ck[t]) << what << ", " << way << ": query " << t / k << ", rank " << t % k;
+      // Bits, not values: the fixed order is the contract.
+      ASSERT_EQ(std::memcmp(&gd[t], &cd[t], sizeof(float)), 0)
+          << what << ", " << way << ": query " << t / k << ", rank " << t % k << ": " << gd[t] << " vs " << cd[t];
+    }
   }
 }
 
@@ -83,13 +90,15 @@ TEST(GpuSearch, MatchesTheCpuBitForBit) {
   std::string why;
   if (!vismem::gpu_search_available(&why)) GTEST_SKIP() << why;
   // dim 37: padded lanes; 384, 1024: real widths. n past one and several
-  // 2048-row blocks; k from 1 to the limit, and k above the live rows.
+  // 2048-row blocks, and not a multiple of the 64 rows a score block takes;
+  // batches not a multiple of its 8 queries; k from 1 to the limit.
   struct Case {
     int64_t n;
     int dim, k, nq;
   };
   const Case cases[] = {{1, 37, 5, 3},       {2047, 37, 10, 7},   {2049, 384, 100, 5},   {9000, 1024, 100, 4},
-                        {20000, 384, 1024, 2}, {5000, 384, 1, 300}, {3000, 64, 700, 3}};
+                        {20000, 384, 1024, 2}, {5000, 384, 1, 300}, {3000, 64, 700, 3},
+                        {0, 16, 4, 9}};
   for (const Case& c : cases) {
     const Rows rows = make_rows(c.n, c.dim, 10 + c.n);
     const auto q = random_normal(size_t(c.nq * c.dim), 20 + c.n);

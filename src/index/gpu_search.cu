@@ -28,6 +28,8 @@ static_assert(kSortSize % (kThreads / kLanes) == 0, "every half-warp must run th
 constexpr int64_t kMaxBlocksY = 65535;  // gridDim.y limit: rows per launch <= 65535 * 2048
 constexpr int64_t kQueryChunk = 256;    // queries per pass at most
 constexpr int64_t kMaxCandidates = int64_t(1) << 25;  // per pass (12 bytes each): fewer queries where N is huge
+constexpr int64_t kMaxScores = int64_t(1) << 28;      // per pass of a batch (4 bytes each)
+constexpr int kFusedMaxBatch = 4;  // larger batches: scores, then selection (set_fused_max_batch)
 constexpr int64_t kNoKey = std::numeric_limits<int64_t>::max();  // sorts after every real key
 constexpr double kMaxNorm = 1e15;
 
@@ -111,18 +113,108 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-// grid (nq, blocks): block (qi, b) sorts candidates [b * 2048, +2048) of
+// grid (blocks, nq): block (b, qi) sorts candidates [b * 2048, +2048) of
 // query qi's m (in[qi * m ...]) and writes its best kk to out[(qi * nb + b) * kk].
-__global__ void __launch_bounds__(kThreads, 2) reduce_kernel(const float* in_d, const int64_t* in_k, int64_t m, int kk, int nb, float* out_d,
-                              int64_t* out_k) {
+__global__ void __launch_bounds__(kThreads, 2)
+    reduce_kernel(const float* in_d, const int64_t* in_k, int64_t m, int kk, int64_t nb, float* out_d,
+                  int64_t* out_k) {
   __shared__ float sd[kSortSize];
   __shared__ int64_t sk[kSortSize];
-  const int qi = blockIdx.x, b = blockIdx.y;
+  const int qi = blockIdx.y;
+  const int64_t b = blockIdx.x;
   const int64_t first = int64_t(b) * kSortSize;
   for (int t = threadIdx.x; t < kSortSize; t += blockDim.x) {
     const int64_t c = first + t;
     sd[t] = c < m ? in_d[int64_t(qi) * m + c] : INFINITY;
     sk[t] = c < m ? in_k[int64_t(qi) * m + c] : kNoKey;
+  }
+  block_sort(sd, sk);
+  const int64_t o = (int64_t(qi) * nb + b) * kk;
+  for (int t = threadIdx.x; t < kk; t += blockDim.x) {
+    out_d[o + t] = sd[t];
+    out_k[o + t] = sk[t];
+  }
+}
+
+// Batches (more than fused_max_batch queries): the scores first, then the
+// selection. A block of 256 threads scores 64 rows for 8 queries: each
+// half-warp takes 4 rows, and lane l of it keeps 4 x 8 accumulators, lane l of
+// the fixed order of every (row, query) pair; a loaded row element feeds 8
+// FMAs and a query element from shared memory 4, where the fused scan reads
+// every row once per query.
+constexpr int kTileRows = 4;                                      // rows per half-warp
+constexpr int kTileQueries = 8;                                   // queries per block
+constexpr int kScoreThreads = 256;                                // 16 half-warps
+constexpr int kBlockRows = kScoreThreads / kLanes * kTileRows;    // 64 rows per block
+
+// grid (row blocks, query groups): scores[qi * lds + r] = 1 - dot(q_qi, x_r) for
+// rows [x * 64, +64) and queries [y * 8, +8) of the m in q [m, dp]; rows past n
+// and queries past m are computed on stand-ins and not written.
+__global__ void __launch_bounds__(kScoreThreads)
+    score_kernel(const float* __restrict__ x, int64_t n, int ld, int dp, const float* __restrict__ q, int m,
+                 float* __restrict__ scores, int64_t lds) {
+  extern __shared__ float sq[];  // [kTileQueries][dp]
+  const int q0 = blockIdx.y * kTileQueries;
+  for (int t = threadIdx.x; t < kTileQueries * dp; t += blockDim.x) {
+    const int g = t / dp, j = t % dp;
+    sq[t] = q0 + g < m ? q[int64_t(q0 + g) * dp + j] : 0.0f;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x % kLanes;
+  const int64_t r0 = int64_t(blockIdx.x) * kBlockRows + int64_t(threadIdx.x / kLanes) * kTileRows;
+  const float* xr[kTileRows];
+#pragma unroll
+  for (int r = 0; r < kTileRows; ++r) xr[r] = x + (r0 + r < n ? r0 + r : n - 1) * ld;
+  float acc[kTileRows][kTileQueries];
+#pragma unroll
+  for (int r = 0; r < kTileRows; ++r)
+#pragma unroll
+    for (int g = 0; g < kTileQueries; ++g) acc[r][g] = 0.0f;
+  for (int j = lane; j < dp; j += kLanes) {
+    float xv[kTileRows];
+#pragma unroll
+    for (int r = 0; r < kTileRows; ++r) xv[r] = xr[r][j];
+#pragma unroll
+    for (int g = 0; g < kTileQueries; ++g) {
+      const float qv = sq[g * dp + j];
+#pragma unroll
+      for (int r = 0; r < kTileRows; ++r) acc[r][g] = __fmaf_rn(qv, xv[r], acc[r][g]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kTileRows; ++r)
+#pragma unroll
+    for (int g = 0; g < kTileQueries; ++g) {  // the lane tree, as in scan_kernel
+      float a = acc[r][g];
+      a = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 8));
+      a = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 4));
+      a = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 2));
+      a = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
+      acc[r][g] = a;
+    }
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < kTileRows; ++r)
+#pragma unroll
+      for (int g = 0; g < kTileQueries; ++g)
+        if (r0 + r < n && q0 + g < m) scores[int64_t(q0 + g) * lds + r0 + r] = __fsub_rn(1.0f, acc[r][g]);
+}
+
+// grid (row blocks, queries): as scan_kernel's selection, from the scores:
+// block (b, qi) sorts rows [b * 2048, +2048) of query qi by (distance, key)
+// (deleted rows and rows past n last) and writes its best kk to out[(qi * nb + b) * kk].
+__global__ void __launch_bounds__(kThreads, 2)
+    select_kernel(const float* __restrict__ scores, int64_t lds, const int64_t* __restrict__ keys, int64_t n, int kk,
+                  int64_t nb, float* out_d, int64_t* out_k) {
+  __shared__ float sd[kSortSize];
+  __shared__ int64_t sk[kSortSize];
+  const int qi = blockIdx.y;
+  const int64_t b = blockIdx.x, first = b * kSortSize;
+  for (int t = threadIdx.x; t < kSortSize; t += blockDim.x) {
+    const int64_t r = first + t;
+    const int64_t key = r < n ? keys[r] : -1;
+    sd[t] = key >= 0 ? scores[int64_t(qi) * lds + r] : INFINITY;
+    sk[t] = key >= 0 ? key : kNoKey;
   }
   block_sort(sd, sk);
   const int64_t o = (int64_t(qi) * nb + b) * kk;
@@ -172,9 +264,12 @@ struct GpuFlatSearch::Impl {
   cudaStream_t stream = nullptr;
   DeviceBuffer<float> x;
   DeviceBuffer<int64_t> keys;
-  // Per search: the queries, and two candidate buffers the reduction alternates between.
+  int fused_max_batch = kFusedMaxBatch;
+  bool scores_fit = false;  // score_kernel's queries fit in shared memory (else every batch runs fused)
+  // Per search: the queries, the scores (batches), and two candidate buffers
+  // the reduction alternates between.
   mutable std::mutex mu;
-  mutable DeviceBuffer<float> q, cd[2];
+  mutable DeviceBuffer<float> q, scores, cd[2];
   mutable DeviceBuffer<int64_t> ck[2];
   ~Impl() {
     if (stream) cudaStreamDestroy(stream);
@@ -199,6 +294,11 @@ GpuFlatSearch::GpuFlatSearch(const FlatRows& rows, int dim) : impl_(std::make_un
   if (smem + kSortSize * int(sizeof(float) + sizeof(int64_t)) > smem_max)
     throw Error("GPU search: dimension " + std::to_string(dim) + " is too large for this GPU's shared memory");
   check(cudaFuncSetAttribute(scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "configuring the scan");
+  const int score_smem = kTileQueries * smem;
+  s.scores_fit = score_smem <= smem_max;
+  if (s.scores_fit)
+    check(cudaFuncSetAttribute(score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, score_smem),
+          "configuring the scores");
   check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "creating a stream");
   if (s.n > 0) {
     s.x.reserve(size_t(s.n) * s.ld, "allocating the rows on the GPU");
@@ -210,6 +310,7 @@ GpuFlatSearch::GpuFlatSearch(const FlatRows& rows, int dim) : impl_(std::make_un
 
 GpuFlatSearch::~GpuFlatSearch() = default;
 
+void GpuFlatSearch::set_fused_max_batch(int batch) { impl_->fused_max_batch = batch; }
 int GpuFlatSearch::dim() const { return impl_->dim; }
 int64_t GpuFlatSearch::rows() const { return impl_->n; }
 
@@ -244,7 +345,8 @@ void GpuFlatSearch::search(int64_t nq, const float* q, int k, float* distances, 
   std::vector<float> qp;  // queries zero padded to dp columns
   std::vector<float> best_d;
   std::vector<int64_t> best_k;
-  const int64_t chunk = std::clamp<int64_t>(kMaxCandidates / (total_blocks * k), 1, kQueryChunk);
+  const int64_t chunk = std::clamp<int64_t>(
+      std::min(kMaxCandidates / (total_blocks * k), kMaxScores / std::max<int64_t>(s.n, 1)), 1, kQueryChunk);
   for (int64_t i0 = 0; i0 < nq; i0 += chunk) {
     const int64_t m = std::min(chunk, nq - i0);
     qp.assign(size_t(m) * s.dp, 0.0f);
@@ -257,20 +359,33 @@ void GpuFlatSearch::search(int64_t nq, const float* q, int k, float* distances, 
     int64_t cands = total_blocks * k;
     s.cd[0].reserve(size_t(m * cands), "allocating the candidates on the GPU");
     s.ck[0].reserve(size_t(m * cands), "allocating the candidates on the GPU");
-    for (int64_t b0 = 0; b0 < total_blocks; b0 += kMaxBlocksY) {
-      const int64_t nb = std::min(kMaxBlocksY, total_blocks - b0);
-      scan_kernel<<<dim3(unsigned(m), unsigned(nb)), kThreads, size_t(s.dp) * sizeof(float), s.stream>>>(
-          s.x.p, s.keys.p, s.n, b0, s.ld, s.dp, s.q.p, k, total_blocks, s.cd[0].p, s.ck[0].p);
+    if (m <= s.fused_max_batch || !s.scores_fit) {
+      for (int64_t b0 = 0; b0 < total_blocks; b0 += kMaxBlocksY) {
+        const int64_t nb = std::min(kMaxBlocksY, total_blocks - b0);
+        scan_kernel<<<dim3(unsigned(m), unsigned(nb)), kThreads, size_t(s.dp) * sizeof(float), s.stream>>>(
+            s.x.p, s.keys.p, s.n, b0, s.ld, s.dp, s.q.p, k, total_blocks, s.cd[0].p, s.ck[0].p);
+      }
+      check(cudaGetLastError(), "launching the scan");
+    } else {
+      if (s.n > 0) {
+        s.scores.reserve(size_t(m * s.n), "allocating the scores on the GPU");
+        score_kernel<<<dim3(unsigned((s.n + kBlockRows - 1) / kBlockRows), unsigned((m + kTileQueries - 1) / kTileQueries)),
+                       kScoreThreads, size_t(kTileQueries) * s.dp * sizeof(float), s.stream>>>(
+            s.x.p, s.n, s.ld, s.dp, s.q.p, int(m), s.scores.p, s.n);
+        check(cudaGetLastError(), "launching the scores");
+      }
+      select_kernel<<<dim3(unsigned(total_blocks), unsigned(m)), kThreads, 0, s.stream>>>(
+          s.scores.p, s.n, s.keys.p, s.n, k, total_blocks, s.cd[0].p, s.ck[0].p);
+      check(cudaGetLastError(), "launching the selection");
     }
-    check(cudaGetLastError(), "launching the scan");
     // Reduce: kSortSize candidates per block to k, until one list per query.
     int cur = 0;
     while (cands > k) {
       const int64_t nb = (cands + kSortSize - 1) / kSortSize;
       s.cd[1 - cur].reserve(size_t(m * nb * k), "allocating the candidates on the GPU");
       s.ck[1 - cur].reserve(size_t(m * nb * k), "allocating the candidates on the GPU");
-      reduce_kernel<<<dim3(unsigned(m), unsigned(nb)), kThreads, 0, s.stream>>>(
-          s.cd[cur].p, s.ck[cur].p, cands, k, int(nb), s.cd[1 - cur].p, s.ck[1 - cur].p);
+      reduce_kernel<<<dim3(unsigned(nb), unsigned(m)), kThreads, 0, s.stream>>>(
+          s.cd[cur].p, s.ck[cur].p, cands, k, nb, s.cd[1 - cur].p, s.ck[1 - cur].p);
       check(cudaGetLastError(), "launching the reduction");
       cur = 1 - cur;
       cands = nb * k;

@@ -18,13 +18,17 @@
 // keys are the CPU's to the bit (tests/test_gpu_search.cpp checks it against
 // flat_search wherever a GPU is present).
 //
-// How (one pass over the rows per query batch, the scores never leave the
-// chip): a block of 256 threads takes 2048 rows and one query, computes their
-// distances into shared memory, sorts them (bitonic, by distance then key)
-// and writes its best k; blocks of the same rows run for every query of the
-// batch side by side, so the rows are read from memory once and from L2 for
-// the other queries. The candidates are then reduced 2048 at a time by the
-// same sort until one list of k is left per query.
+// How. Up to 4 queries (set_fused_max_batch), fused: a block of 1024 threads
+// takes 2048 rows and one query, computes their distances into shared memory
+// (the scores never leave the chip), sorts them (bitonic, by distance then
+// key) and writes its best k; the blocks of all queries for the same rows
+// run side by side, so the rows come from memory once and from L2 for the
+// other queries. Larger batches: the scores first, [batch, N] in GPU memory,
+// a block scoring 64 rows x 8 queries (each row element loaded once for the 8,
+// every (row, query) pair still its own 16 lanes in the fixed order), then
+// the same per-2048-rows sort selects from them. Either way the candidates
+// are then reduced 2048 at a time by the same sort until one list of k is
+// left per query.
 //
 // Limits: k <= kMaxK (1024); queries finite with norm <= 1e15 (the CPU
 // path's rule); rows as FlatRows documents them (finite, zero padded past
@@ -61,6 +65,9 @@ class GpuFlatSearch {
   GpuFlatSearch(const GpuFlatSearch&) = delete;
   GpuFlatSearch& operator=(const GpuFlatSearch&) = delete;
 
+  // Batches of up to `batch` queries run the fused scan, larger ones scores
+  // then selection (default 4). Both return the same bits; for tests and benchmarks.
+  void set_fused_max_batch(int batch);
   int dim() const;
   int64_t rows() const;
   // q: nq * dim() row-major; distances, keys: nq * k row-major. Throws

@@ -19,6 +19,7 @@ struct GpuFlatSearch::Impl {};
 
 GpuFlatSearch::GpuFlatSearch(const FlatRows&, int) { throw Error(std::string("GPU search: ") + kWhy); }
 GpuFlatSearch::~GpuFlatSearch() = default;
+void GpuFlatSearch::set_fused_max_batch(int) {}
 int GpuFlatSearch::dim() const { return 0; }
 int64_t GpuFlatSearch::rows() const { return 0; }
 std::string GpuFlatSearch::device() const { return "none"; }
