@@ -145,3 +145,22 @@ TEST(GpuSearch, BadQueriesAreRefusedAndWriteNothing) {
     EXPECT_EQ(k[t], -5);
   }
 }
+
+TEST(GpuSearch, TheLargestKeyAndTwoSearchesOfOtherWidths) {
+  std::string why;
+  if (!vismem::gpu_search_available(&why)) GTEST_SKIP() << why;
+  // INT64_MAX is a key FlatIndex accepts: it must come back as a key, not as padding.
+  Rows rows = make_rows(50, 4, 7);
+  rows.keys[0] = std::numeric_limits<int64_t>::max();
+  const std::vector<float> q(rows.x.begin(), rows.x.begin() + 4);
+  expect_same(rows, 1, q, 3, "largest key");
+  // A wide search made first and a narrow one after it: both still search
+  // (a kernel's shared-memory limit is the function's, not the object's).
+  const Rows wide = make_rows(3000, 1024, 8), narrow = make_rows(3000, 16, 9);
+  vismem::GpuFlatSearch a(wide.view(), wide.dim), b(narrow.view(), narrow.dim);
+  const auto qa = random_normal(1024, 10);
+  std::vector<float> d(5);
+  std::vector<int64_t> k(5);
+  EXPECT_NO_THROW(a.search(1, qa.data(), 5, d.data(), k.data()));
+  EXPECT_NO_THROW(b.search(1, qa.data(), 5, d.data(), k.data()));
+}

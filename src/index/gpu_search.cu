@@ -25,12 +25,15 @@ constexpr int kThreads = 1024;
 constexpr int kSortSize = 2048;    // rows (or candidates) one block sorts in shared memory
 constexpr int kLanes = 16;         // the fixed order's lanes: one half-warp
 static_assert(kSortSize % (kThreads / kLanes) == 0, "every half-warp must run the same rows per block");
+static_assert(kSortSize >= 2 * GpuFlatSearch::kMaxK, "each reduction round must at least halve the candidates");
 constexpr int64_t kMaxBlocksY = 65535;  // gridDim.y limit: rows per launch <= 65535 * 2048
 constexpr int64_t kQueryChunk = 256;    // queries per pass at most
 constexpr int64_t kMaxCandidates = int64_t(1) << 25;  // per pass (12 bytes each): fewer queries where N is huge
 constexpr int64_t kMaxScores = int64_t(1) << 28;      // per pass of a batch (4 bytes each)
 constexpr int kFusedMaxBatch = 4;  // larger batches: scores, then selection (set_fused_max_batch)
-constexpr int64_t kNoKey = std::numeric_limits<int64_t>::max();  // sorts after every real key
+// The key beside a +inf distance (a deleted row or padding): such entries sort
+// last whatever their key, and the host tells them by the distance.
+constexpr int64_t kNoKey = std::numeric_limits<int64_t>::max();
 constexpr double kMaxNorm = 1e15;
 
 void check(cudaError_t e, const char* what) {
@@ -272,6 +275,7 @@ struct GpuFlatSearch::Impl {
   mutable DeviceBuffer<float> q, scores, cd[2];
   mutable DeviceBuffer<int64_t> ck[2];
   ~Impl() {
+    cudaSetDevice(device);  // the buffers and the stream are this device's
     if (stream) cudaStreamDestroy(stream);
   }
 };
@@ -291,26 +295,36 @@ GpuFlatSearch::GpuFlatSearch(const FlatRows& rows, int dim) : impl_(std::make_un
   int smem_max = 0;
   check(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, s.device), "reading the device");
   const int smem = s.dp * int(sizeof(float));
-  if (smem + kSortSize * int(sizeof(float) + sizeof(int64_t)) > smem_max)
+  if (smem + kSortSize * int(sizeof(float) + sizeof(int64_t)) > smem_max)  // the sort's 24 KB beside it
     throw Error("GPU search: dimension " + std::to_string(dim) + " is too large for this GPU's shared memory");
-  check(cudaFuncSetAttribute(scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "configuring the scan");
-  const int score_smem = kTileQueries * smem;
-  s.scores_fit = score_smem <= smem_max;
-  if (s.scores_fit)
-    check(cudaFuncSetAttribute(score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, score_smem),
-          "configuring the scores");
+  // The limit is the function's, not this object's: always the device's
+  // maximum, so that no object lowers it under another's launches.
+  const int sort_smem = kSortSize * int(sizeof(float) + sizeof(int64_t));
+  check(cudaFuncSetAttribute(scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max - sort_smem),
+        "configuring the scan");
+  check(cudaFuncSetAttribute(score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max),
+        "configuring the scores");
+  s.scores_fit = kTileQueries * smem <= smem_max;
   check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "creating a stream");
   if (s.n > 0) {
     s.x.reserve(size_t(s.n) * s.ld, "allocating the rows on the GPU");
     s.keys.reserve(size_t(s.n), "allocating the keys on the GPU");
-    check(cudaMemcpy(s.x.p, rows.x, size_t(s.n) * s.ld * sizeof(float), cudaMemcpyHostToDevice), "copying the rows");
-    check(cudaMemcpy(s.keys.p, rows.keys, size_t(s.n) * sizeof(int64_t), cudaMemcpyHostToDevice), "copying the keys");
+    // On the object's stream (non-blocking: not ordered after the default
+    // stream), finished before the constructor returns.
+    check(cudaMemcpyAsync(s.x.p, rows.x, size_t(s.n) * s.ld * sizeof(float), cudaMemcpyHostToDevice, s.stream),
+          "copying the rows");
+    check(cudaMemcpyAsync(s.keys.p, rows.keys, size_t(s.n) * sizeof(int64_t), cudaMemcpyHostToDevice, s.stream),
+          "copying the keys");
+    check(cudaStreamSynchronize(s.stream), "copying the rows");
   }
 }
 
 GpuFlatSearch::~GpuFlatSearch() = default;
 
-void GpuFlatSearch::set_fused_max_batch(int batch) { impl_->fused_max_batch = batch; }
+void GpuFlatSearch::set_fused_max_batch(int batch) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->fused_max_batch = batch;
+}
 int GpuFlatSearch::dim() const { return impl_->dim; }
 int64_t GpuFlatSearch::rows() const { return impl_->n; }
 
@@ -341,6 +355,7 @@ void GpuFlatSearch::search(int64_t nq, const float* q, int k, float* distances, 
                   " (over 1e15: dot products would overflow)");
   }
   std::lock_guard<std::mutex> lock(s.mu);
+  check(cudaSetDevice(s.device), "selecting the GPU");  // the one the rows are on, whatever this thread had
   const int64_t total_blocks = std::max<int64_t>(1, (s.n + kSortSize - 1) / kSortSize);
   std::vector<float> qp;  // queries zero padded to dp columns
   std::vector<float> best_d;
@@ -400,7 +415,9 @@ void GpuFlatSearch::search(int64_t nq, const float* q, int k, float* distances, 
           "copying the results");
     check(cudaStreamSynchronize(s.stream), "searching");
     for (int64_t t = 0; t < m * k; ++t) {
-      const bool live = best_k[size_t(t)] != kNoKey;
+      // Live rows have finite distances (finite rows and queries, norms <= 1e15);
+      // the key cannot tell, since kNoKey is also a key FlatIndex accepts.
+      const bool live = best_d[size_t(t)] != std::numeric_limits<float>::infinity();
       distances[i0 * k + t] = live ? best_d[size_t(t)] : std::numeric_limits<float>::infinity();
       out_keys[i0 * k + t] = live ? best_k[size_t(t)] : -1;
     }
