@@ -227,6 +227,20 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
+// Makes `device` current for a scope and gives the thread its own back after.
+struct DeviceGuard {
+  int previous = -1;
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+    check(cudaSetDevice(device), "selecting the GPU");
+  }
+  ~DeviceGuard() {
+    if (previous >= 0) cudaSetDevice(previous);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+};
+
 template <class T>
 struct DeviceBuffer {
   T* p = nullptr;
@@ -234,14 +248,15 @@ struct DeviceBuffer {
   DeviceBuffer() = default;
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (p) cudaFree(p);
-  }
-  void reserve(size_t count, const char* what) {
-    if (count <= n) return;
+  ~DeviceBuffer() { release(); }
+  void release() {
     if (p) cudaFree(p);
     p = nullptr;
     n = 0;
+  }
+  void reserve(size_t count, const char* what) {
+    if (count <= n) return;
+    release();
     check(cudaMalloc(&p, count * sizeof(T)), what);
     n = count;
   }
@@ -274,9 +289,20 @@ struct GpuFlatSearch::Impl {
   mutable std::mutex mu;
   mutable DeviceBuffer<float> q, scores, cd[2];
   mutable DeviceBuffer<int64_t> ck[2];
-  ~Impl() {
-    cudaSetDevice(device);  // the buffers and the stream are this device's
+  ~Impl() {  // the buffers and the stream are this device's: freed with it current, the thread's own restored
+    int previous = -1;
+    if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+    cudaSetDevice(device);
+    x.release();
+    keys.release();
+    q.release();
+    scores.release();
+    for (int i = 0; i < 2; ++i) {
+      cd[i].release();
+      ck[i].release();
+    }
     if (stream) cudaStreamDestroy(stream);
+    if (previous >= 0) cudaSetDevice(previous);
   }
 };
 
@@ -287,20 +313,23 @@ GpuFlatSearch::GpuFlatSearch(const FlatRows& rows, int dim) : impl_(std::make_un
   if (rows.n < 0 || (rows.n > 0 && (!rows.x || !rows.keys))) throw Error("GPU search: bad rows (null or negative count)");
   Impl& s = *impl_;
   s.dim = dim;
-  s.ld = flat_row_stride(dim);
-  s.dp = (dim + kLanes - 1) / kLanes * kLanes;
   s.n = rows.n;
   check(cudaGetDevice(&s.device), "cudaGetDevice");
-  // The query lives in shared memory beside the 24 KB of the sort.
+  // The query lives in shared memory beside the sort's static arrays.
   int smem_max = 0;
   check(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, s.device), "reading the device");
-  const int smem = s.dp * int(sizeof(float));
-  if (smem + kSortSize * int(sizeof(float) + sizeof(int64_t)) > smem_max)  // the sort's 24 KB beside it
-    throw Error("GPU search: dimension " + std::to_string(dim) + " is too large for this GPU's shared memory");
+  cudaFuncAttributes scan_attr{};
+  check(cudaFuncGetAttributes(&scan_attr, scan_kernel), "reading the scan kernel");
+  const int64_t dp = (int64_t(dim) + kLanes - 1) / kLanes * kLanes, smem = dp * int64_t(sizeof(float));
+  if (smem + int64_t(scan_attr.sharedSizeBytes) > smem_max)
+    throw Error("GPU search: dimension " + std::to_string(dim) + " is too large for this GPU's shared memory (" +
+                std::to_string(smem_max / 1024) + " KB a block)");
+  s.dp = int(dp);
+  s.ld = flat_row_stride(dim);  // dim is small now: no overflow
   // The limit is the function's, not this object's: always the device's
   // maximum, so that no object lowers it under another's launches.
-  const int sort_smem = kSortSize * int(sizeof(float) + sizeof(int64_t));
-  check(cudaFuncSetAttribute(scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max - sort_smem),
+  check(cudaFuncSetAttribute(scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             smem_max - int(scan_attr.sharedSizeBytes)),
         "configuring the scan");
   check(cudaFuncSetAttribute(score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max),
         "configuring the scores");
@@ -355,7 +384,8 @@ void GpuFlatSearch::search(int64_t nq, const float* q, int k, float* distances, 
                   " (over 1e15: dot products would overflow)");
   }
   std::lock_guard<std::mutex> lock(s.mu);
-  check(cudaSetDevice(s.device), "selecting the GPU");  // the one the rows are on, whatever this thread had
+  const DeviceGuard on_device(s.device);  // the one the rows are on, whatever this thread had
+  cudaGetLastError();  // an error left by the caller's own CUDA work is not this search's
   const int64_t total_blocks = std::max<int64_t>(1, (s.n + kSortSize - 1) / kSortSize);
   std::vector<float> qp;  // queries zero padded to dp columns
   std::vector<float> best_d;
