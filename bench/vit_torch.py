@@ -22,6 +22,7 @@ Usage (bench_vit does this; by hand only to debug):
 Needs Debian's python3-torch (scripts/setup.sh installs it as an optional
 benchmark dependency); the test suite does not.
 """
+import ast
 import ctypes
 import ctypes.util
 import json
@@ -30,7 +31,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -102,13 +102,28 @@ class Dinov2(nn.Module):
         return self.norm(x)[:, 0]
 
 
+def load_npy(path):
+    """A float32 .npy file (as bench_vit writes them) as a tensor; no numpy
+    needed (some torch installs have none)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:6] != b"\x93NUMPY":
+        raise SystemExit(f"{path}: not a .npy file")
+    hlen = int.from_bytes(data[8:10], "little") if data[6] == 1 else int.from_bytes(data[8:12], "little")
+    start = (10 if data[6] == 1 else 12) + hlen
+    header = ast.literal_eval(data[(10 if data[6] == 1 else 12):start].decode("latin1"))
+    if header["descr"] != "<f4" or header["fortran_order"]:
+        raise SystemExit(f"{path}: expected little-endian float32 in C order, got {header}")
+    return torch.frombuffer(bytearray(data[start:]), dtype=torch.float32).reshape(header["shape"])
+
+
 def load(model_dir):
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
     m = Dinov2(cfg).eval()
 
     def t(name):
-        return torch.from_numpy(np.load(os.path.join(model_dir, name + ".npy")))
+        return load_npy(os.path.join(model_dir, name + ".npy"))
 
     d = cfg["hidden"]
     sd = {
@@ -157,12 +172,12 @@ def main():
     torch.set_grad_enabled(False)
     m = load(model_dir)
     blas_threads = openblas_threads_setter()
-    px = torch.from_numpy(np.load(os.path.join(model_dir, "input.npy")))
-    ours = np.load(os.path.join(model_dir, "ours.npy"))
+    px = load_npy(os.path.join(model_dir, "input.npy"))
+    ours = load_npy(os.path.join(model_dir, "ours.npy")).double()
     with torch.inference_mode():
-        ref = m(px).numpy()
-    diff = np.abs(ref.astype(np.float64) - ours)
-    print(f"check max_abs {diff.max():.3g} max_rel {diff.max() / np.abs(ref).max():.3g} "
+        ref = m(px).double()
+    diff = (ref - ours).abs()
+    print(f"check max_abs {diff.max().item():.3g} max_rel {(diff.max() / ref.abs().max()).item():.3g} "
           f"torch {torch.__version__}", flush=True)
     for line in sys.stdin:
         words = line.split()

@@ -36,8 +36,8 @@ cat > device_bundle/run.sh <<'RUN'
 # On the GPU machine. Parts (all when none is named):
 #   gpu:    test_gpu_search (bit for bit against the CPU), memcheck on part of it, bench_gpu_search vs torch
 #   cpu:    the search, packed-GEMM and int8-GEMM tests at every ISA level this CPU has
-#   vit:    bench_vit: ViT-S vs this machine's torch (1 and 2 threads, batch 1 and 16, --quick),
-#           and at VISMEM_ISA=avx2 the packed AVX2 kernel against OpenBLAS's sgemm (--sgemm)
+#   vit:    bench_vit vs this machine's torch (--quick): ViT-S with the weights packed (VISMEM_ISA=avx2)
+#           and through OpenBLAS's AVX-512 sgemm, ViT-B packed; --sgemm: packed vs sgemm in the same rounds
 #   search: bench_search_faiss, batch 1 and 16, 1 thread and all cores
 #   bash device_bundle/run.sh OUT [gpu] [cpu] [vit] [search]
 set -uo pipefail
@@ -49,18 +49,28 @@ dir=/tmp/vismem-device
 rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xzf "$here/vismem.tar.gz" && cd "$dir/vismem" || exit 1
 log() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | tee "$out/$name.log"; }
 grep -m1 "model name" /proc/cpuinfo; nproc; nvidia-smi -L 2>/dev/null || true
+py=python3  # the one with torch (a venv's, where the image has one)
+for p in /opt/torch/.venv/bin/python3 python3; do "$p" -c 'import torch' 2>/dev/null && { py=$p; break; }; done
+echo "python: $py"
 for part in $parts; do
   case $part in
     gpu)
       log test_gpu_search ./test_gpu_search
       command -v compute-sanitizer >/dev/null &&
         log memcheck compute-sanitizer --tool memcheck ./test_gpu_search --gtest_filter='*Ties*:*Bad*'
-      log bench_gpu_search ./bench_gpu_search --script gpu_torch_search.py ;;
+      log bench_gpu_search ./bench_gpu_search --script gpu_torch_search.py --python "$py" ;;
     cpu)
       for t in test_flat_index test_packed_gemm test_qgemm; do log "$t" ./"$t" --gtest_brief=1; done ;;
     vit)
-      log bench_vit_s ./bench_vit --model s --threads 1,2 --batches 1,16 --quick --script vit_torch.py
-      log bench_vit_s_avx2_vs_sgemm env VISMEM_ISA=avx2 ./bench_vit --model s --no-torch --sgemm --threads 1 --batches 1,16 --quick ;;
+      # OpenBLAS 0.3.21 may not know the host (a VM's generic "Intel Xeon Processor" ran its Prescott
+      # kernels): SkylakeX is what it runs on a host it knows. avx512: the weights through that sgemm;
+      # avx2: packed once at load (pmatmul), and --sgemm times the same model through OpenBLAS in the same rounds.
+      log bench_vit_s_packed_avx2 env OPENBLAS_CORETYPE=SkylakeX VISMEM_ISA=avx2 ./bench_vit --model s \
+        --threads 1,2 --batches 1,16 --quick --sgemm --script vit_torch.py --python "$py"
+      log bench_vit_s_sgemm_avx512 env OPENBLAS_CORETYPE=SkylakeX ./bench_vit --model s --threads 1 --batches 1,16 \
+        --quick --script vit_torch.py --python "$py"
+      log bench_vit_b_packed_avx2 env OPENBLAS_CORETYPE=SkylakeX VISMEM_ISA=avx2 ./bench_vit --model b \
+        --threads 1 --batches 1 --quick --sgemm --script vit_torch.py --python "$py" ;;
     search)
       log bench_search_1thread ./bench_search_faiss --batches 1,16 --threads 1 --n 250000 --reps 5
       log bench_search_all ./bench_search_faiss --batches 1,16 --reps 5 ;;

@@ -9,6 +9,7 @@
 
 #include "cpu.h"
 #include "error.h"
+#include "linalg.h"
 #include "packed_gemm.h"
 #include "util_test.h"
 
@@ -124,4 +125,20 @@ TEST(PackedGemm, BadArgumentsAreRefused) {
   EXPECT_THROW(vismem::pmatmul(2, a.data(), 3, vismem::PackedMatrix{}, 0, 0, nullptr, c.data(), 4), vismem::Error);
   vismem::pmatmul(2, a.data(), 3, p, 0, 4, nullptr, c.data(), 4);
   for (float x : c) EXPECT_EQ(x, 3.0f);
+}
+
+TEST(PackedGemm, PackedWhereItIsTheFasterProduct) {
+  using vismem::Isa;
+  using vismem::packed_gemm_preferred_for;
+  EXPECT_TRUE(packed_gemm_preferred_for(Isa::avx2, "Zen"));
+  EXPECT_TRUE(packed_gemm_preferred_for(Isa::avx2, "SkylakeX"));  // VISMEM_ISA=avx2 on an AVX-512 CPU
+  // AVX-512: OpenBLAS's own AVX-512 sgemm where it runs it; else (a CPU it
+  // did not recognize: Prescott, SSE3) the packed tile.
+  EXPECT_FALSE(packed_gemm_preferred_for(Isa::avx512, "SkylakeX"));
+  EXPECT_FALSE(packed_gemm_preferred_for(Isa::avx512, "COOPERLAKE"));
+  EXPECT_FALSE(packed_gemm_preferred_for(Isa::avx512, "SapphireRapids"));
+  EXPECT_TRUE(packed_gemm_preferred_for(Isa::avx512, "Prescott"));
+  EXPECT_TRUE(packed_gemm_preferred_for(Isa::avx512, "Haswell"));
+  EXPECT_FALSE(packed_gemm_preferred_for(Isa::portable, "Prescott"));
+  EXPECT_EQ(vismem::packed_gemm_preferred(), packed_gemm_preferred_for(vismem::cpu_isa(), vismem::blas_core()));
 }

@@ -31,7 +31,7 @@
 // Kernels: per vector ISA level (portable, AVX2, AVX-512; mobilenet_kernels.inl),
 // chosen at run time by cpu_isa(). The float convs (all of them in float32,
 // the first two in int8) run on weights packed at load (pmatmul,
-// packed_gemm.h) where packed_gemm_preferred() (the avx2 level): an image's
+// packed_gemm.h) where packed_gemm_preferred() (avx2; avx512 without OpenBLAS AVX-512 kernels): an image's
 // embedding is then bit-identical whatever the batch and threads. Elsewhere
 // they are OpenBLAS sgemm, and batch size and threads move the embeddings
 // slightly (float32 ~1e-7; int8 cosine > 0.9995: a last-bit difference in a

@@ -123,7 +123,7 @@ VitModel random_vit_model(const VitConfig& config, uint64_t seed = 1);
 VitModel quantize_vit_model(VitModel model);
 // Every weight matrix (patch embedding, the four linear layers per block,
 // CLIP's projection) packed once for pmatmul (packed_gemm.h), where
-// packed_gemm_preferred() (the avx2 kernel level); attention then runs on
+// packed_gemm_preferred() (avx2; avx512 where OpenBLAS runs no AVX-512 kernels); attention then runs on
 // pmatmul too. Elsewhere the model is returned as it is and sgemm runs. A
 // packed model's embedding of an image is bit-identical whatever the batch
 // and the thread count. keep_float = false frees the float copies of those

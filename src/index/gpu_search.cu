@@ -150,21 +150,25 @@ constexpr int kTileQueries = 8;                                   // queries per
 constexpr int kScoreThreads = 256;                                // 16 half-warps
 constexpr int kBlockRows = kScoreThreads / kLanes * kTileRows;    // 64 rows per block
 
-// grid (row blocks, query groups): scores[qi * lds + r] = 1 - dot(q_qi, x_r) for
-// rows [x * 64, +64) and queries [y * 8, +8) of the m in q [m, dp]; rows past n
-// and queries past m are computed on stand-ins and not written.
+// grid (query groups, row blocks of this launch): scores[qi * lds + r] = 1 -
+// dot(q_qi, x_r) for queries [x * 8, +8) of the m in q [m, dp] and rows
+// [(b0 + y) * 64, +64); rows past n and queries past m are computed on
+// stand-ins and not written. Query groups vary fastest, so the groups of one
+// block of rows run side by side and its rows come from memory once, from L2
+// for the other groups (with rows fastest, a batch of 256 read the 2 GB
+// matrix from memory 32 times: 38 ms on an H200, against torch's 7).
 __global__ void __launch_bounds__(kScoreThreads)
-    score_kernel(const float* __restrict__ x, int64_t n, int ld, int dp, const float* __restrict__ q, int m,
-                 float* __restrict__ scores, int64_t lds) {
+    score_kernel(const float* __restrict__ x, int64_t n, int64_t b0, int ld, int dp, const float* __restrict__ q,
+                 int m, float* __restrict__ scores, int64_t lds) {
   extern __shared__ float sq[];  // [kTileQueries][dp]
-  const int q0 = blockIdx.y * kTileQueries;
+  const int q0 = blockIdx.x * kTileQueries;
   for (int t = threadIdx.x; t < kTileQueries * dp; t += blockDim.x) {
     const int g = t / dp, j = t % dp;
     sq[t] = q0 + g < m ? q[int64_t(q0 + g) * dp + j] : 0.0f;
   }
   __syncthreads();
   const int lane = threadIdx.x % kLanes;
-  const int64_t r0 = int64_t(blockIdx.x) * kBlockRows + int64_t(threadIdx.x / kLanes) * kTileRows;
+  const int64_t r0 = (b0 + blockIdx.y) * kBlockRows + int64_t(threadIdx.x / kLanes) * kTileRows;
   const float* xr[kTileRows];
 #pragma unroll
   for (int r = 0; r < kTileRows; ++r) xr[r] = x + (r0 + r < n ? r0 + r : n - 1) * ld;
@@ -414,9 +418,12 @@ void GpuFlatSearch::search(int64_t nq, const float* q, int k, float* distances, 
     } else {
       if (s.n > 0) {
         s.scores.reserve(size_t(m * s.n), "allocating the scores on the GPU");
-        score_kernel<<<dim3(unsigned((s.n + kBlockRows - 1) / kBlockRows), unsigned((m + kTileQueries - 1) / kTileQueries)),
-                       kScoreThreads, size_t(kTileQueries) * s.dp * sizeof(float), s.stream>>>(
-            s.x.p, s.n, s.ld, s.dp, s.q.p, int(m), s.scores.p, s.n);
+        const int64_t row_blocks = (s.n + kBlockRows - 1) / kBlockRows;
+        for (int64_t b0 = 0; b0 < row_blocks; b0 += kMaxBlocksY)
+          score_kernel<<<dim3(unsigned((m + kTileQueries - 1) / kTileQueries),
+                              unsigned(std::min(kMaxBlocksY, row_blocks - b0))),
+                         kScoreThreads, size_t(kTileQueries) * s.dp * sizeof(float), s.stream>>>(
+              s.x.p, s.n, b0, s.ld, s.dp, s.q.p, int(m), s.scores.p, s.n);
         check(cudaGetLastError(), "launching the scores");
       }
       select_kernel<<<dim3(unsigned(total_blocks), unsigned(m)), kThreads, 0, s.stream>>>(

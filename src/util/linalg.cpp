@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <cctype>
 #include <cstdlib>
 #include <thread>
 
@@ -13,6 +14,17 @@ void matmul(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const 
   cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, static_cast<int>(m),
               static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb),
               beta, c, static_cast<int>(ldc));
+}
+
+std::string blas_core() {
+  const char* core = openblas_get_corename();
+  return core ? core : "unknown";
+}
+
+bool blas_core_has_avx512(const std::string& core) {
+  std::string c;
+  for (char ch : core) c += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return c == "skylakex" || c == "cooperlake" || c == "sapphirerapids";
 }
 
 void set_blas_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }

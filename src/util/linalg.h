@@ -10,6 +10,7 @@
 // call then runs BLAS single-threaded if blas_threads(1) was set.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace vismem {
 
@@ -17,6 +18,12 @@ namespace vismem {
 // b_transposed=false) or B^T (B stored n x k, b_transposed=true).
 void matmul(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
             float* c, int64_t ldc, bool b_transposed, float alpha = 1.0f, float beta = 0.0f);
+
+// The OpenBLAS kernel family in use ("Haswell", "Zen", "SkylakeX", ...;
+// "Prescott" where it did not recognize the CPU: its SSE3 fallback).
+std::string blas_core();
+// Whether that family has AVX-512 kernels (SkylakeX, Cooperlake, SapphireRapids).
+bool blas_core_has_avx512(const std::string& core);
 
 // Number of threads BLAS itself uses inside one matmul call.
 void set_blas_threads(int n);

@@ -5,6 +5,7 @@
 
 #include "cpu.h"
 #include "error.h"
+#include "linalg.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -166,7 +167,16 @@ const Tiles& tiles_for_cpu() {
 
 }  // namespace
 
-bool packed_gemm_preferred() { return cpu_isa() == Isa::avx2; }
+bool packed_gemm_preferred_for(Isa isa, const std::string& blas_core) {
+  if (isa == Isa::avx2) return true;
+  // On AVX-512 OpenBLAS's own AVX-512 sgemm is faster than our 256-bit tile
+  // (H200 host's Xeon, 1 thread, 257 x 3072 x 768: 142 against 84 GFLOP/s);
+  // where it runs narrower kernels (a CPU it did not recognize: Prescott's
+  // SSE3 at 30 GFLOP/s, ViT-S 2.5x slower) the packed tile is the faster one.
+  return isa == Isa::avx512 && !blas_core_has_avx512(blas_core);
+}
+
+bool packed_gemm_preferred() { return packed_gemm_preferred_for(cpu_isa(), blas_core()); }
 
 void pack_strided(const float* src, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride, float scale,
                   PackedMatrix& out) {

@@ -11,7 +11,7 @@
 // tile, 78-87% (bench/README.md, "ViT encoders against PyTorch"). Where the packed kernel is
 // not the faster one it is not used: packed_gemm_preferred() says whether to
 // pack (the avx2 kernel level; OpenBLAS's own AVX-512 kernels are kept on
-// avx512 CPUs and its SSE ones at the portable level).
+// avx512 CPUs where it runs them, and its SSE ones at the portable level).
 //
 // Numerics: every output is bias + the k products summed in order k = 0, 1,
 // ... with FMA, independent of m, of the row's position in A and of the column
@@ -21,7 +21,10 @@
 // from several threads at once (each packs A's blocks into its own buffer).
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
+
+#include "cpu.h"
 
 namespace vismem {
 
@@ -33,8 +36,12 @@ struct PackedMatrix {
   bool empty() const { return n == 0; }
 };
 
-// True where pmatmul beats sgemm on this CPU (cpu_isa() == avx2): callers pack only then.
+// True where pmatmul beats sgemm on this CPU: callers pack only then. The
+// avx2 level; and avx512 where OpenBLAS runs no AVX-512 kernels (a CPU it
+// did not recognize gets its SSE3 "Prescott" ones).
 bool packed_gemm_preferred();
+// The rule itself, for a kernel level and an OpenBLAS core name (blas_core()).
+bool packed_gemm_preferred_for(Isa isa, const std::string& blas_core);
 
 // Packs W [n, k] row-major (row j = output column j). Throws on n or k <= 0.
 PackedMatrix pack_rows(const float* w, int64_t n, int64_t k);
