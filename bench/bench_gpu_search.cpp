@@ -158,7 +158,7 @@ int main(int argc, char** argv) {
     }
     std::printf("\nms: median wall time of one search() call (queries in, results out); fused: every query's rows\n"
                 "scored and sorted on chip; scores: the batch's scores in GPU memory, then the selection (the\n"
-                "default above %d queries); the ratio columns: torch ms / that way's ms.\n", 4);
+                "default above %d queries); the ratio columns: torch ms / that way's ms.\n", 2);
     return all_same ? 0 : 1;
   } catch (const vismem::Error& e) {
     std::printf("error: %s\n", e.what());

@@ -39,6 +39,8 @@ cat > device_bundle/run.sh <<'RUN'
 #   vit:    bench_vit vs this machine's torch (--quick): ViT-S with the weights packed (VISMEM_ISA=avx2)
 #           and through OpenBLAS's AVX-512 sgemm, ViT-B packed; --sgemm: packed vs sgemm in the same rounds
 #   search: bench_search_faiss, batch 1 and 16, 1 thread and all cores
+#   (not in the default set) gpu-bench: bench_gpu_search at batches 1 to 256; vit-default: bench_vit with
+#   OpenBLAS detecting the host itself
 #   bash device_bundle/run.sh OUT [gpu] [cpu] [vit] [search]
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -59,8 +61,12 @@ for part in $parts; do
       command -v compute-sanitizer >/dev/null &&
         log memcheck compute-sanitizer --tool memcheck ./test_gpu_search --gtest_filter='*Ties*:*Bad*'
       log bench_gpu_search ./bench_gpu_search --script gpu_torch_search.py --python "$py" ;;
+    gpu-bench)
+      log bench_gpu_search ./bench_gpu_search --script gpu_torch_search.py --python "$py" --batches 1,4,8,16,64,256 ;;
     cpu)
       for t in test_flat_index test_packed_gemm test_qgemm; do log "$t" ./"$t" --gtest_brief=1; done ;;
+    vit-default)  # OpenBLAS as it detects the host by itself: packed where it falls back to narrow kernels
+      log bench_vit_s_default ./bench_vit --model s --threads 1 --batches 1,16 --quick --sgemm --no-torch ;;
     vit)
       # OpenBLAS 0.3.21 may not know the host (a VM's generic "Intel Xeon Processor" ran its Prescott
       # kernels): SkylakeX is what it runs on a host it knows. avx512: the weights through that sgemm;
@@ -74,7 +80,7 @@ for part in $parts; do
     search)
       log bench_search_1thread ./bench_search_faiss --batches 1,16 --threads 1 --n 250000 --reps 5
       log bench_search_all ./bench_search_faiss --batches 1,16 --reps 5 ;;
-    *) echo "unknown part $part (gpu cpu vit search)" ;;
+    *) echo "unknown part $part (gpu gpu-bench cpu vit vit-default search)" ;;
   esac
 done
 RUN

@@ -18,7 +18,7 @@
 // keys are the CPU's to the bit (tests/test_gpu_search.cpp checks it against
 // flat_search wherever a GPU is present).
 //
-// How. Up to 4 queries (set_fused_max_batch), fused: a block of 1024 threads
+// How. Up to 2 queries (set_fused_max_batch), fused: a block of 1024 threads
 // takes 2048 rows and one query, computes their distances into shared memory
 // (the scores never leave the chip), sorts them (bitonic, by distance then
 // key) and writes its best k; the blocks of all queries for the same rows
@@ -66,7 +66,7 @@ class GpuFlatSearch {
   GpuFlatSearch& operator=(const GpuFlatSearch&) = delete;
 
   // Batches of up to `batch` queries run the fused scan, larger ones scores
-  // then selection (default 4). Both return the same bits; for tests and benchmarks.
+  // then selection (default 2). Both return the same bits; for tests and benchmarks.
   void set_fused_max_batch(int batch);
   int dim() const;
   int64_t rows() const;
