@@ -15,7 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 [ -x "$NVCC" ] || { echo "device_bundle: nvcc not found (set NVCC)" >&2; exit 1; }
-programs=(test_gpu_search bench_gpu_search test_flat_index test_packed_gemm test_qgemm bench_vit bench_search_faiss)
+programs=(test_gpu_search bench_gpu_search test_flat_index test_packed_gemm test_qgemm bench_vit bench_search_faiss
+          bench_encoder_opencv)
 cmake -S . -B build-cuda -DVISMEM_CUDA=ON -DVISMEM_PYTHON=OFF -DVISMEM_BENCH=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
   '-DCMAKE_BUILD_RPATH=$ORIGIN/lib' >/dev/null
 cmake --build build-cuda -j"$(nproc)" --target "${programs[@]}"
@@ -28,6 +29,21 @@ for p in "${programs[@]}"; do
     xargs -r cp -L -u -t "$stage/vismem/lib"
 done
 cp bench/gpu_torch_search.py bench/vit_torch.py "$stage/vismem/"
+# bench_encoder_opencv's inputs: the two MobileNet files and the 64 Imagenette
+# JPEGs it picks (every k-th of the sorted list), as a small ../shared.
+shared=../shared
+if [ -d "$shared/data/imagenette2/val" ]; then
+  mkdir -p "$stage/vismem/shared/models"
+  cp "$shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite" "$shared/models/mnv1_embedder_fp32.onnx" \
+    "$stage/vismem/shared/models/"
+  mapfile -t all < <(find "$shared/data/imagenette2/val" -type f \( -iname '*.jpeg' -o -iname '*.jpg' \) | LC_ALL=C sort)
+  step=$(( ${#all[@]} / 64 > 0 ? ${#all[@]} / 64 : 1 ))
+  for ((i = 0, c = 0; i < ${#all[@]} && c < 64; i += step, c++)); do
+    rel=${all[$i]#"$shared/"}
+    mkdir -p "$stage/vismem/shared/$(dirname "$rel")"
+    cp "${all[$i]}" "$stage/vismem/shared/$rel"
+  done
+fi
 rm -rf device_bundle
 mkdir -p device_bundle
 tar -C "$stage" -czf device_bundle/vismem.tar.gz vismem
@@ -38,6 +54,7 @@ cat > device_bundle/run.sh <<'RUN'
 #   cpu:    the search, packed-GEMM and int8-GEMM tests at every ISA level this CPU has
 #   vit:    bench_vit vs this machine's torch (--quick): ViT-S with the weights packed (VISMEM_ISA=avx2)
 #           and through OpenBLAS's AVX-512 sgemm, ViT-B packed; --sgemm: packed vs sgemm in the same rounds
+#   mobilenet: bench_encoder_opencv (MobileNet V1 vs OpenCV DNN), 1 and 2 threads, with --int8
 #   search: bench_search_faiss, batch 1 and 16, 1 thread and all cores
 #   (not in the default set) gpu-bench: bench_gpu_search at batches 1 to 256; vit-default: bench_vit with
 #   OpenBLAS detecting the host itself
@@ -46,7 +63,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mkdir -p "${1:-.}" && cd "${1:-.}" && pwd)
 shift || true
-parts=${*:-gpu cpu vit search}
+parts=${*:-gpu cpu vit mobilenet search}
 dir=/tmp/vismem-device
 rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xzf "$here/vismem.tar.gz" && cd "$dir/vismem" || exit 1
 log() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | tee "$out/$name.log"; }
@@ -77,10 +94,15 @@ for part in $parts; do
         --quick --script vit_torch.py --python "$py"
       log bench_vit_b_packed_avx2 env OPENBLAS_CORETYPE=SkylakeX VISMEM_ISA=avx2 ./bench_vit --model b \
         --threads 1 --batches 1 --quick --sgemm --script vit_torch.py --python "$py" ;;
+    mobilenet)  # MobileNet V1 against OpenCV DNN, 1 and 2 threads, float32 and int8
+      # LD_LIBRARY_PATH: OpenCV's libraries load each other, which rpath $ORIGIN/lib does not cover
+      # (no python is started from here, so our libstdc++ meets nothing else).
+      log bench_mobilenet_1thread env LD_LIBRARY_PATH=lib ./bench_encoder_opencv --shared shared --threads 1 --reps 5 --int8
+      log bench_mobilenet_2threads env LD_LIBRARY_PATH=lib ./bench_encoder_opencv --shared shared --threads 2 --reps 5 ;;
     search)
       log bench_search_1thread ./bench_search_faiss --batches 1,16 --threads 1 --n 250000 --reps 5
       log bench_search_all ./bench_search_faiss --batches 1,16 --reps 5 ;;
-    *) echo "unknown part $part (gpu gpu-bench cpu vit vit-default search)" ;;
+    *) echo "unknown part $part (gpu gpu-bench cpu vit vit-default mobilenet search)" ;;
   esac
 done
 RUN
