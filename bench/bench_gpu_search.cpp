@@ -32,18 +32,12 @@
 #include "error.h"
 #include "flat_index.h"
 #include "gpu_search.h"
-#include "random_rows.h"
+#include "bench_util.h"
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+using bench::median;
+using bench::seconds_since;
 
 // torch's median ms per batch, from the script's "batch B ms M" lines; empty if it failed.
 std::map<int, double> run_torch(const std::string& python, const std::string& script, int64_t n, int d, int k,

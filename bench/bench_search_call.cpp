@@ -14,17 +14,13 @@
 #include "error.h"
 #include "memory.h"
 #include "npy.h"
+#include "bench_util.h"
 
 using namespace vismem;
 
 namespace {
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+using bench::median;
+using bench::seconds_since;
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -48,7 +48,7 @@
 #include "cpu.h"
 #include "flat_index.h"
 #include "linalg.h"
-#include "random_rows.h"
+#include "bench_util.h"
 
 extern "C" char* openblas_get_corename(void);
 

@@ -66,6 +66,15 @@ __device__ void block_sort(float* d, int64_t* k) {
   __syncthreads();
 }
 
+// Sorts the block's kSortSize (distance, key) pairs and writes the first kk.
+__device__ void sort_and_keep(float* sd, int64_t* sk, int kk, float* out_d, int64_t* out_k) {
+  block_sort(sd, sk);
+  for (int t = threadIdx.x; t < kk; t += blockDim.x) {
+    out_d[t] = sd[t];
+    out_k[t] = sk[t];
+  }
+}
+
 // grid (nq, row blocks of this launch): block (qi, b0 + y) scores rows
 // [(b0 + y) * 2048, +2048) for query qi and writes its best kk (distance,
 // key), sorted, to out[(qi * nb + b0 + y) * kk] (launches of at most 65535
@@ -108,12 +117,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       sk[i] = key >= 0 ? key : kNoKey;
     }
   }
-  block_sort(sd, sk);
-  const int64_t o = (int64_t(qi) * nb + b) * kk;
-  for (int t = threadIdx.x; t < kk; t += blockDim.x) {
-    out_d[o + t] = sd[t];
-    out_k[o + t] = sk[t];
-  }
+  sort_and_keep(sd, sk, kk, out_d + (int64_t(qi) * nb + b) * kk, out_k + (int64_t(qi) * nb + b) * kk);
 }
 
 // grid (blocks, nq): block (b, qi) sorts candidates [b * 2048, +2048) of
@@ -131,12 +135,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     sd[t] = c < m ? in_d[int64_t(qi) * m + c] : INFINITY;
     sk[t] = c < m ? in_k[int64_t(qi) * m + c] : kNoKey;
   }
-  block_sort(sd, sk);
-  const int64_t o = (int64_t(qi) * nb + b) * kk;
-  for (int t = threadIdx.x; t < kk; t += blockDim.x) {
-    out_d[o + t] = sd[t];
-    out_k[o + t] = sk[t];
-  }
+  sort_and_keep(sd, sk, kk, out_d + (int64_t(qi) * nb + b) * kk, out_k + (int64_t(qi) * nb + b) * kk);
 }
 
 // Batches (more than fused_max_batch queries): the scores first, then the
@@ -223,12 +222,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     sd[t] = key >= 0 ? scores[int64_t(qi) * lds + r] : INFINITY;
     sk[t] = key >= 0 ? key : kNoKey;
   }
-  block_sort(sd, sk);
-  const int64_t o = (int64_t(qi) * nb + b) * kk;
-  for (int t = threadIdx.x; t < kk; t += blockDim.x) {
-    out_d[o + t] = sd[t];
-    out_k[o + t] = sk[t];
-  }
+  sort_and_keep(sd, sk, kk, out_d + (int64_t(qi) * nb + b) * kk, out_k + (int64_t(qi) * nb + b) * kk);
 }
 
 // Makes `device` current for a scope and gives the thread its own back after.

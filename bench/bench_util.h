@@ -1,11 +1,17 @@
-// random_rows.h: the benchmarks' random unit vectors, the same for any thread count.
+// bench_util.h: what several benchmarks share: random unit vectors (the same
+// for any thread count), medians, timing.
 //
 // Basic usage:
 //   std::vector<float> x(n * d);
 //   bench::random_rows(0, n, d, /*seed=*/1, x.data());   // rows 0..n-1, uniform in [-1, 1)^d, normalized
+//   auto t0 = std::chrono::steady_clock::now(); ...; times.push_back(bench::seconds_since(t0));
+//   double m = bench::median(times);
 #pragma once
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace bench {
 
@@ -33,6 +39,15 @@ inline void random_rows(int64_t first, int64_t count, int d, uint64_t seed, floa
     const float inv = static_cast<float>(1.0 / std::sqrt(norm2));
     for (int j = 0; j < d; ++j) row[j] *= inv;
   }
+}
+
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace bench
