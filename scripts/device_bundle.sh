@@ -3,7 +3,7 @@
 # build-cuda/) and packs it, with the shared libraries the programs load
 # beyond glibc (found through rpath $ORIGIN/lib, so that machine's python and
 # torch never see our older libstdc++), the PyTorch anchors and a run script,
-# into device_bundle/ (ignored by git; ~25 MB): it runs on a machine that has
+# into device_bundle/ (ignored by git; ~38 MB): it runs on a machine that has
 # the NVIDIA driver and python3 with torch but none of our build dependencies
 # (the CUDA runtime is linked statically). Besides the GPU search it carries
 # the CPU checks an AVX-512 host can answer (the kernels at every ISA level it
@@ -17,8 +17,12 @@ NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 [ -x "$NVCC" ] || { echo "device_bundle: nvcc not found (set NVCC)" >&2; exit 1; }
 programs=(test_gpu_search bench_gpu_search test_flat_index test_packed_gemm test_qgemm bench_vit bench_search_faiss
           bench_encoder_opencv)
+# The programs find the libraries beside them through an old-style DT_RPATH
+# ($ORIGIN/lib, --disable-new-dtags), which also serves those libraries' own
+# dependencies (OpenBLAS's libgfortran; a DT_RUNPATH would not), and no
+# LD_LIBRARY_PATH, so the python and torch they start never see our older libstdc++.
 cmake -S . -B build-cuda -DVISMEM_CUDA=ON -DVISMEM_PYTHON=OFF -DVISMEM_BENCH=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
-  '-DCMAKE_BUILD_RPATH=$ORIGIN/lib' >/dev/null
+  '-DCMAKE_BUILD_RPATH=$ORIGIN/lib' -DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags >/dev/null
 cmake --build build-cuda -j"$(nproc)" --target "${programs[@]}"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -32,7 +36,9 @@ cp bench/gpu_torch_search.py bench/vit_torch.py "$stage/vismem/"
 # bench_encoder_opencv's inputs: the two MobileNet files and the 64 Imagenette
 # JPEGs it picks (every k-th of the sorted list), as a small ../shared.
 shared=../shared
-if [ -d "$shared/data/imagenette2/val" ]; then
+if [ ! -d "$shared/data/imagenette2/val" ]; then
+  echo "device_bundle: no $shared/data/imagenette2/val: the mobilenet part will have no images" >&2
+else
   mkdir -p "$stage/vismem/shared/models"
   cp "$shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite" "$shared/models/mnv1_embedder_fp32.onnx" \
     "$stage/vismem/shared/models/"
@@ -66,7 +72,14 @@ shift || true
 parts=${*:-gpu cpu vit mobilenet search}
 dir=/tmp/vismem-device
 rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xzf "$here/vismem.tar.gz" && cd "$dir/vismem" || exit 1
-log() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | tee "$out/$name.log"; }
+failed=0
+log() {
+  local name=$1; shift
+  echo "== $name: $*"
+  "$@" 2>&1 | tee "$out/$name.log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || { echo "== $name: exit status $rc"; failed=1; }
+}
 grep -m1 "model name" /proc/cpuinfo; nproc; nvidia-smi -L 2>/dev/null || true
 py=python3  # the one with torch (a venv's, where the image has one)
 for p in /opt/torch/.venv/bin/python3 python3; do "$p" -c 'import torch' 2>/dev/null && { py=$p; break; }; done
@@ -102,9 +115,10 @@ for part in $parts; do
     search)
       log bench_search_1thread ./bench_search_faiss --batches 1,16 --threads 1 --n 250000 --reps 5
       log bench_search_all ./bench_search_faiss --batches 1,16 --reps 5 ;;
-    *) echo "unknown part $part (gpu gpu-bench cpu vit vit-default mobilenet search)" ;;
+    *) echo "unknown part $part (gpu gpu-bench cpu vit vit-default mobilenet search)"; failed=1 ;;
   esac
 done
+exit $failed
 RUN
 chmod +x device_bundle/run.sh
 du -sh device_bundle
