@@ -10,7 +10,7 @@
 # has; bench_vit and bench_search_faiss there).
 #
 #   ./scripts/device_bundle.sh                        # here (nvcc: $NVCC, else on PATH, else /usr/local/cuda/bin/nvcc)
-#   bash device_bundle/run.sh OUT [gpu] [cpu] [vit] [search]   # there: logs in OUT; no part named = all
+#   bash device_bundle/run.sh OUT [gpu] [cpu] [vit512] [vit] [mobilenet] [search]   # there: logs in OUT; none named = all
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -58,18 +58,20 @@ cat > device_bundle/run.sh <<'RUN'
 # On the GPU machine. Parts (all when none is named):
 #   gpu:    test_gpu_search (bit for bit against the CPU), memcheck on part of it, bench_gpu_search vs torch
 #   cpu:    the search, packed-GEMM and int8-GEMM tests at every ISA level this CPU has
-#   vit:    bench_vit vs this machine's torch (--quick): ViT-S with the weights packed (VISMEM_ISA=avx2)
-#           and through OpenBLAS's AVX-512 sgemm, ViT-B packed; --sgemm: packed vs sgemm in the same rounds
+#   vit512: bench_vit vs this machine's torch (--quick), the weights packed for the 12 x 32 AVX-512 tile
+#           (VISMEM_PACKED=1), --sgemm: against OpenBLAS's AVX-512 sgemm in the same rounds; ViT-S, ViT-B
+#   vit:    the same with the weights packed for the 4 x 24 AVX2 tile (VISMEM_ISA=avx2), and ViT-S
+#           through OpenBLAS's AVX-512 sgemm alone
 #   mobilenet: bench_encoder_opencv (MobileNet V1 vs OpenCV DNN), 1 and 2 threads, with --int8
 #   search: bench_search_faiss, batch 1 and 16, 1 thread and all cores
 #   (not in the default set) gpu-bench: bench_gpu_search at batches 1 to 256; vit-default: bench_vit with
 #   OpenBLAS detecting the host itself
-#   bash device_bundle/run.sh OUT [gpu] [cpu] [vit] [search]
+#   bash device_bundle/run.sh OUT [gpu] [cpu] [vit512] [vit] [mobilenet] [search]
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mkdir -p "${1:-.}" && cd "${1:-.}" && pwd)
 shift || true
-parts=${*:-gpu cpu vit mobilenet search}
+parts=${*:-gpu cpu vit512 vit mobilenet search}
 dir=/tmp/vismem-device
 rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xzf "$here/vismem.tar.gz" && cd "$dir/vismem" || exit 1
 failed=0
@@ -97,6 +99,13 @@ for part in $parts; do
       for t in test_flat_index test_packed_gemm test_qgemm; do log "$t" ./"$t" --gtest_brief=1; done ;;
     vit-default)  # OpenBLAS as it detects the host by itself: packed where it falls back to narrow kernels
       log bench_vit_s_default ./bench_vit --model s --threads 1 --batches 1,16 --quick --sgemm --no-torch ;;
+    vit512)
+      # The 512-bit tile has not been timed yet: packed_gemm_preferred() keeps OpenBLAS's AVX-512 sgemm
+      # on such CPUs until it is; VISMEM_PACKED=1 packs anyway. SkylakeX: see vit.
+      log bench_vit_s_packed_avx512 env OPENBLAS_CORETYPE=SkylakeX VISMEM_PACKED=1 ./bench_vit --model s \
+        --threads 1,2 --batches 1,16 --quick --sgemm --script vit_torch.py --python "$py"
+      log bench_vit_b_packed_avx512 env OPENBLAS_CORETYPE=SkylakeX VISMEM_PACKED=1 ./bench_vit --model b \
+        --threads 1 --batches 1,16 --quick --sgemm --script vit_torch.py --python "$py" ;;
     vit)
       # OpenBLAS 0.3.21 may not know the host (a VM's generic "Intel Xeon Processor" ran its Prescott
       # kernels): SkylakeX is what it runs on a host it knows. avx512: the weights through that sgemm;
@@ -115,7 +124,7 @@ for part in $parts; do
     search)
       log bench_search_1thread ./bench_search_faiss --batches 1,16 --threads 1 --n 250000 --reps 5
       log bench_search_all ./bench_search_faiss --batches 1,16 --reps 5 ;;
-    *) echo "unknown part $part (gpu gpu-bench cpu vit vit-default mobilenet search)"; failed=1 ;;
+    *) echo "unknown part $part (gpu gpu-bench cpu vit512 vit vit-default mobilenet search)"; failed=1 ;;
   esac
 done
 exit $failed

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -58,22 +59,68 @@ TEST(PackedGemm, MatchesADoubleProductAtEveryLevel) {
   const Shape shapes[] = {{1, 1, 1, 0, 1, true},       {3, 7, 5, 0, 7, false},      {4, 24, 64, 0, 24, true},
                           {5, 25, 384, 0, 25, true},   {257, 257, 64, 0, 257, false}, {257, 64, 257, 0, 64, false},
                           {9, 96, 800, 30, 77, true},  {330, 48, 385, 24, 48, true}, {7, 100, 3, 99, 100, false}};
-  for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {
-    vismem::set_isa(vismem::Isa(level));
-    for (const Shape& s : shapes) {
-      const int64_t lda = s.k + 3, ldc = s.n + 5;
-      const auto a = random_normal(size_t(s.m * lda), 1), w = random_normal(size_t(s.n * s.k), 2), b = random_normal(size_t(s.n), 3);
-      const vismem::PackedMatrix p = vismem::pack_rows(w.data(), s.n, s.k);
-      const float sentinel = -7.25f;
-      std::vector<float> c(size_t(s.m * ldc), sentinel);
-      vismem::pmatmul(s.m, a.data(), lda, p, s.c0, s.c1, s.bias ? b.data() : nullptr, c.data(), ldc);
-      const double e = worst_error(s.m, s.n, s.k, a, lda, w, s.bias ? b.data() : nullptr, c, ldc, s.c0, s.c1, sentinel);
-      EXPECT_GE(e, 0) << "a column outside the range was written: " << s.m << "x" << s.n << "x" << s.k;
-      // float32 sums of k products: relative to sum |a w|, within a few k * 2^-24
-      EXPECT_LT(e, 4e-7 * std::sqrt(double(s.k)) + 1e-7)
-          << vismem::isa_name(vismem::Isa(level)) << " " << s.m << "x" << s.n << "x" << s.k;
+  for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level)
+    for (const int64_t cols : {24, 32}) {  // both layouts at every level (32 without AVX-512: the emulated tile)
+      vismem::set_isa(vismem::Isa(level));
+      for (const Shape& s : shapes) {
+        const int64_t lda = s.k + 3, ldc = s.n + 5;
+        const auto a = random_normal(size_t(s.m * lda), 1), w = random_normal(size_t(s.n * s.k), 2), b = random_normal(size_t(s.n), 3);
+        const vismem::PackedMatrix p = vismem::pack_rows(w.data(), s.n, s.k, cols);
+        const float sentinel = -7.25f;
+        std::vector<float> c(size_t(s.m * ldc), sentinel);
+        vismem::pmatmul(s.m, a.data(), lda, p, s.c0, s.c1, s.bias ? b.data() : nullptr, c.data(), ldc);
+        const double e = worst_error(s.m, s.n, s.k, a, lda, w, s.bias ? b.data() : nullptr, c, ldc, s.c0, s.c1, sentinel);
+        EXPECT_GE(e, 0) << "a column outside the range was written: " << s.m << "x" << s.n << "x" << s.k;
+        // float32 sums of k products: relative to sum |a w|, within a few k * 2^-24
+        EXPECT_LT(e, 4e-7 * std::sqrt(double(s.k)) + 1e-7)
+            << vismem::isa_name(vismem::Isa(level)) << " cols " << cols << " " << s.m << "x" << s.n << "x" << s.k;
+      }
+    }
+}
+
+TEST(PackedGemm, EveryLayoutAndTileGivesTheSameFloats) {
+  // Each output is bias + the k products in order, one FMA each, in every tile:
+  // the 4 x 24 AVX2 tile on 24-column panels and the 12 x 32 tile on 32-column
+  // ones give the same floats. Without AVX-512 the 12 x 32 tile runs as two
+  // 256-bit halves per vector (its logic: masks, row counts 1..12, panels,
+  // k blocks); on an AVX-512 CPU the avx512 level runs it on 512-bit vectors,
+  // and both are compared with the AVX2 tile.
+  IsaGuard guard;
+  if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2 + FMA: only the plain tiles run here";
+  vismem::set_isa(vismem::Isa::avx2);
+  struct Shape {
+    int64_t m, n, k, c0, c1;
+  };
+  // m: every remainder of 12 rows, and 330 > the 320 rows packed at a time;
+  // n, c0, c1: panels cut at either end; k: tails and two or three k blocks.
+  const Shape shapes[] = {{1, 1, 1, 0, 1},       {11, 17, 3, 0, 17},     {12, 32, 64, 0, 32},   {13, 33, 385, 0, 33},
+                          {23, 64, 800, 5, 60},  {25, 257, 64, 0, 257},  {257, 64, 257, 0, 64}, {330, 48, 70, 17, 41},
+                          {257, 96, 384, 0, 96}, {7, 100, 13, 99, 100}, {36, 40, 9, 0, 40},    {59, 31, 100, 2, 30}};
+  for (const Shape& s : shapes) {
+    const int64_t lda = s.k + 1, ldc = s.n + 3;
+    const auto a = random_normal(size_t(s.m * lda), 11), w = random_normal(size_t(s.n * s.k), 12),
+               b = random_normal(size_t(s.n), 13);
+    const vismem::PackedMatrix p24 = vismem::pack_rows(w.data(), s.n, s.k, 24);
+    const vismem::PackedMatrix p32 = vismem::pack_rows(w.data(), s.n, s.k, 32);
+    for (const float* bias : {b.data(), static_cast<const float*>(nullptr)}) {
+      std::vector<float> want(size_t(s.m * ldc), -3.5f);
+      vismem::set_isa(vismem::Isa::avx2);
+      vismem::pmatmul(s.m, a.data(), lda, p24, s.c0, s.c1, bias, want.data(), ldc);
+      for (int level = int(vismem::Isa::avx2); level <= int(vismem::cpu_max_isa()); ++level) {
+        vismem::set_isa(vismem::Isa(level));
+        for (const vismem::PackedMatrix* p : {&p24, &p32}) {
+          std::vector<float> got(size_t(s.m * ldc), -3.5f);
+          vismem::pmatmul(s.m, a.data(), lda, *p, s.c0, s.c1, bias, got.data(), ldc);
+          ASSERT_EQ(got, want) << vismem::isa_name(vismem::Isa(level)) << " cols " << p->cols << " " << s.m << "x"
+                               << s.n << "x" << s.k << " [" << s.c0 << ", " << s.c1 << ")" << (bias ? " bias" : "");
+        }
+      }
     }
   }
+  vismem::set_isa(vismem::cpu_max_isa());
+  const std::vector<float> w4(4, 1.0f);
+  EXPECT_EQ(vismem::pack_rows(w4.data(), 2, 2).cols, vismem::packed_cols_for_cpu());
+  EXPECT_EQ(vismem::packed_cols_for_cpu(), vismem::cpu_isa() >= vismem::Isa::avx512 ? 32 : 24);
 }
 
 TEST(PackedGemm, ARowsResultDoesNotDependOnItsBatch) {
@@ -114,10 +161,41 @@ TEST(PackedGemm, StridedPackingTransposesAndScales) {
   EXPECT_EQ(strided.data, vismem::pack_rows(w5.data(), 5, 3).data);
 }
 
+TEST(PackedGemm, StridedRowsPackAsTheirCopyAtEveryLevel) {
+  // Rows of a wider matrix (col_stride 1: attention's keys in qkv; pack_rows),
+  // at every kernel level (avx2: 8 x 8 transposes), against the layout written
+  // out element by element: [k blocks][panels][block depth][24], zero past n.
+  // Partial panels, k tails and two k blocks.
+  IsaGuard guard;
+  const int64_t ld = 450, depth = vismem::PackedMatrix::kDepth, cols = 24;
+  const auto src = random_normal(size_t(300 * ld), 8);
+  for (int level = 0; level <= int(vismem::cpu_max_isa()); ++level) {
+    vismem::set_isa(vismem::Isa(level));
+    for (const auto& [n, k] : {std::pair<int64_t, int64_t>{257, 64}, {7, 13}, {24, 8}, {33, 400}, {300, 1}}) {
+      const int64_t np = (n + cols - 1) / cols * cols;
+      std::vector<float> want(size_t(np * k), 0.0f);
+      for (int64_t k0 = 0; k0 < k; k0 += depth) {
+        const int64_t kc = std::min(depth, k - k0);
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t kk = 0; kk < kc; ++kk)
+            want[size_t(k0 * np + (j / cols) * kc * cols + kk * cols + j % cols)] = src[j * ld + k0 + kk] * 0.125f;
+      }
+      vismem::PackedMatrix strided;
+      vismem::pack_strided(src.data(), n, k, ld, 1, 0.125f, strided, cols);
+      EXPECT_EQ(strided.data, want) << vismem::isa_name(vismem::Isa(level)) << " " << n << "x" << k;
+      std::vector<float> w(size_t(n * k));
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t kk = 0; kk < k; ++kk) w[j * k + kk] = src[j * ld + kk] * 0.125f;
+      EXPECT_EQ(vismem::pack_rows(w.data(), n, k, cols).data, want) << vismem::isa_name(vismem::Isa(level));
+    }
+  }
+}
+
 TEST(PackedGemm, BadArgumentsAreRefused) {
   const std::vector<float> w(12, 1.0f), a(8, 1.0f);
   EXPECT_THROW(vismem::pack_rows(w.data(), 0, 3), vismem::Error);
   EXPECT_THROW(vismem::pack_rows(w.data(), 4, -1), vismem::Error);
+  EXPECT_THROW(vismem::pack_rows(w.data(), 4, 3, 16), vismem::Error);
   const vismem::PackedMatrix p = vismem::pack_rows(w.data(), 4, 3);
   std::vector<float> c(8);
   EXPECT_THROW(vismem::pmatmul(2, a.data(), 3, p, 2, 5, nullptr, c.data(), 4), vismem::Error);
@@ -141,4 +219,17 @@ TEST(PackedGemm, PackedWhereItIsTheFasterProduct) {
   EXPECT_TRUE(packed_gemm_preferred_for(Isa::avx512, "Haswell"));
   EXPECT_FALSE(packed_gemm_preferred_for(Isa::portable, "Prescott"));
   EXPECT_EQ(vismem::packed_gemm_preferred(), packed_gemm_preferred_for(vismem::cpu_isa(), vismem::blas_core()));
+}
+
+TEST(PackedGemm, VismemPackedDecidesWhereSet) {
+  // Read once per process: each case in a fresh one (threadsafe death tests re-run the binary).
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto preferred_with = [](const char* value) {
+    setenv("VISMEM_PACKED", value, 1);
+    std::exit(vismem::packed_gemm_preferred() ? 10 : 20);
+  };
+  EXPECT_EXIT(preferred_with("1"), testing::ExitedWithCode(10), "");
+  EXPECT_EXIT(preferred_with("0"), testing::ExitedWithCode(20), "");
+  const int rule = vismem::packed_gemm_preferred_for(vismem::cpu_isa(), vismem::blas_core()) ? 10 : 20;
+  EXPECT_EXIT(preferred_with("yes"), testing::ExitedWithCode(rule), "VISMEM_PACKED=yes ignored");
 }

@@ -617,7 +617,7 @@ void linear(int64_t m, int64_t n0, int64_t n1, int64_t k, const float* a, int64_
     return;
   }
   // Whole panels (packed) or 64-byte vectors per thread.
-  const int64_t unit = p.empty() ? 16 : PackedMatrix::kCols;
+  const int64_t unit = p.empty() ? 16 : p.cols;
   const int64_t step = ((n1 - n0 + P - 1) / P + unit - 1) / unit * unit;
   team.run(P, [&](int64_t t, int) {
     const int64_t c0 = n0 + t * step, c1 = std::min(n1, c0 + step);
