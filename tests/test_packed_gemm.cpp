@@ -91,11 +91,14 @@ TEST(PackedGemm, EveryLayoutAndTileGivesTheSameFloats) {
   struct Shape {
     int64_t m, n, k, c0, c1;
   };
-  // m: every remainder of 12 rows, and 330 > the 320 rows packed at a time;
+  // m: tiles of every row count (m rows are cut into tiles of sizes as even as
+  // they go: 13 = 7 + 6, 25 = 9 + 8 + 8), and 330 > the 320 rows packed at a time;
   // n, c0, c1: panels cut at either end; k: tails and two or three k blocks.
   const Shape shapes[] = {{1, 1, 1, 0, 1},       {11, 17, 3, 0, 17},     {12, 32, 64, 0, 32},   {13, 33, 385, 0, 33},
                           {23, 64, 800, 5, 60},  {25, 257, 64, 0, 257},  {257, 64, 257, 0, 64}, {330, 48, 70, 17, 41},
-                          {257, 96, 384, 0, 96}, {7, 100, 13, 99, 100}, {36, 40, 9, 0, 40},    {59, 31, 100, 2, 30}};
+                          {257, 96, 384, 0, 96}, {7, 100, 13, 99, 100}, {36, 40, 9, 0, 40},    {59, 31, 100, 2, 30},
+                          {2, 40, 20, 0, 40},    {3, 33, 9, 1, 33},      {4, 24, 17, 0, 24},    {5, 50, 8, 0, 50},
+                          {10, 65, 31, 0, 65},   {9, 8, 16, 0, 8},       {6, 70, 5, 3, 69},     {8, 32, 40, 0, 32}};
   for (const Shape& s : shapes) {
     const int64_t lda = s.k + 1, ldc = s.n + 3;
     const auto a = random_normal(size_t(s.m * lda), 11), w = random_normal(size_t(s.n * s.k), 12),
