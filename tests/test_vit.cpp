@@ -432,6 +432,7 @@ TEST(VitPacked, MatchesHFAndTheSgemmPathAtEveryLevel) {
   IsaGuard guard;
   if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
   vismem::set_isa(vismem::Isa::avx2);
+  if (!vismem::packed_gemm_preferred()) GTEST_SKIP() << "VISMEM_PACKED=0 in the environment: nothing is packed";
   const vismem::VitModel m = vismem::load_vit_model(kFix + "/dinov2_tiny");
   const vismem::VitModel p = vismem::pack_vit_model(m, /*keep_float=*/false);
   ASSERT_FALSE(p.weights.layers[0].qkv_p.empty());
@@ -456,6 +457,30 @@ TEST(VitPacked, MatchesHFAndTheSgemmPathAtEveryLevel) {
   }
 }
 
+TEST(VitPacked, BothPanelLayoutsGiveTheSameFloats) {
+  // Packed at the avx512 level the weights are in 32-column panels for the
+  // 12 x 32 tile; every tile sums each output in the same order, so the
+  // embeddings are bit-identical to the 24-column ones (here the 12 x 32
+  // tile runs as two 256-bit halves per vector; on an AVX-512 CPU also for real).
+  IsaGuard guard;
+  if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
+  vismem::set_isa(vismem::Isa::avx2);
+  if (!vismem::packed_gemm_preferred()) GTEST_SKIP() << "VISMEM_PACKED=0 in the environment: nothing is packed";
+  const vismem::VitModel m = vismem::load_vit_model(kFix + "/dinov2_tiny");
+  const vismem::VitModel p24 = vismem::pack_vit_model(m, true, 24), p32 = vismem::pack_vit_model(m, true, 32);
+  ASSERT_EQ(p24.weights.layers[0].qkv_p.cols, 24);
+  ASSERT_EQ(p32.weights.layers[0].fc2_p.cols, 32);
+  const Arr in = load(kFix + "/dinov2_tiny/input_56.npy");
+  for (vismem::Isa level : runnable_levels()) {
+    if (level < vismem::Isa::avx2) continue;  // the plain tiles round the product first: another sum
+    vismem::set_isa(level);
+    const vismem::VitOutputs a = vismem::vit_forward(p24, in.v.data(), 3, 56, 56, 2, true);
+    const vismem::VitOutputs b = vismem::vit_forward(p32, in.v.data(), 3, 56, 56, 2, true);
+    EXPECT_EQ(a.last_hidden, b.last_hidden) << vismem::isa_name(level);
+    EXPECT_EQ(a.embedding, b.embedding) << vismem::isa_name(level);
+  }
+}
+
 TEST(VitPacked, AnImagesEmbeddingDoesNotDependOnItsBatchOrThreads) {
   // pmatmul's sums do not depend on the rows beside them or on the column
   // split, so an image's embedding is bit-identical alone, in a batch, on 1
@@ -463,6 +488,7 @@ TEST(VitPacked, AnImagesEmbeddingDoesNotDependOnItsBatchOrThreads) {
   IsaGuard guard;
   if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
   vismem::set_isa(vismem::Isa::avx2);
+  if (!vismem::packed_gemm_preferred()) GTEST_SKIP() << "VISMEM_PACKED=0 in the environment: nothing is packed";
   const vismem::VitModel p = vismem::pack_vit_model(vismem::load_vit_model(kFix + "/dinov2_tiny"));
   expect_batch_independent(p);
 }
@@ -474,6 +500,7 @@ TEST(VitPacked, MissingOrMisSizedWeightsAreRefused) {
   IsaGuard guard;
   if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
   vismem::set_isa(vismem::Isa::avx2);
+  if (!vismem::packed_gemm_preferred()) GTEST_SKIP() << "VISMEM_PACKED=0 in the environment: nothing is packed";
   vismem::VitConfig c = vismem::VitConfig::dinov2_vits14();
   c.hidden = 64, c.heads = 4, c.mlp = 128, c.layers = 1, c.image_size = 28;
   vismem::VitModel empty;
@@ -499,6 +526,7 @@ TEST(VitInt8, PackedAnImagesEmbeddingDoesNotDependOnItsBatchOrThreads) {
   IsaGuard guard;
   if (vismem::cpu_max_isa() < vismem::Isa::avx2) GTEST_SKIP() << "no AVX2: the model is never packed here";
   vismem::set_isa(vismem::Isa::avx2);
+  if (!vismem::packed_gemm_preferred()) GTEST_SKIP() << "VISMEM_PACKED=0 in the environment: nothing is packed";
   const vismem::VitModel p =
       vismem::pack_vit_model(vismem::quantize_vit_model(vismem::load_vit_model(kFix + "/dinov2_tiny")));
   ASSERT_FALSE(p.weights.patch_p.empty());

@@ -499,7 +499,7 @@ void run_layer(const Kernels& k, const Layer& L, const float* x, const float* x1
         const int64_t P = team.size();
         if (!L.p.empty() || !L.q.empty()) {
           // Weights packed (or quantized) at load: split the pixel rows, one
-          // share of whole 4-row tiles per thread, never the channels, which
+          // share (in whole 4-row units) per thread, never the channels, which
           // made every thread pack (or quantize) all of A. Measured in one
           // process, alternating (MobileNet V1, batch 1, 2 threads): 11.6 ms
           // with the channel split of the 7x7 and 14x14 layers and 8 chunks

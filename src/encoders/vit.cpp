@@ -353,7 +353,7 @@ VitModel quantize_vit_model(VitModel m) {
   return m;
 }
 
-VitModel pack_vit_model(VitModel m, bool keep_float) {
+VitModel pack_vit_model(VitModel m, bool keep_float, int64_t cols) {
   if (!packed_gemm_preferred()) return m;
   const VitConfig& c = m.config;
   const int64_t D = c.hidden, M1 = c.swiglu ? 2 * int64_t(c.mlp) : c.mlp, M = c.mlp;
@@ -365,12 +365,12 @@ VitModel pack_vit_model(VitModel m, bool keep_float) {
   };
   // Packs w [n, k] into p unless it is packed already; a float matrix of
   // another size (a model built by hand) is refused, never read past its end.
-  const auto pack = [](PackedMatrix& p, const std::vector<float>& w, int64_t n, int64_t k, const char* what) {
+  const auto pack = [cols](PackedMatrix& p, const std::vector<float>& w, int64_t n, int64_t k, const char* what) {
     if (!p.empty()) return;
     if (int64_t(w.size()) != n * k)
       throw Error(std::string("ViT weights: ") + what + " has " + std::to_string(w.size()) + " values, the config needs " +
                   std::to_string(n) + " x " + std::to_string(k));
-    p = pack_rows(w.data(), n, k);
+    p = pack_rows(w.data(), n, k, cols);
   };
   // Everything that multiplies by a weight matrix, so that no sgemm is left
   // whose result could depend on the batch or the thread split.
@@ -696,8 +696,8 @@ void block_by_rows(const VitKernels& K, const VitConfig& c, const VitLayerWeight
     }
   };
   const int64_t D = c.hidden, M = c.mlp, M1 = c.swiglu ? 2 * M : M, R = int64_t(b) * T;
-  // Whole 4-row tiles per thread, as evenly as they go: 257 rows on 2 threads
-  // are 128 + 129 (32 tiles + 32 and a 1-row one), not 132 + 125 (33 + 31 and a 1-row one).
+  // Shares in whole 4-row units, as even as they go: 257 rows on 2 threads are
+  // 128 + 129, not 132 + 125 (pmatmul then cuts each share into its tiles).
   const int64_t tiles = (R + 3) / 4;
   const auto rows = [&](int64_t t, int64_t& r0, int64_t& n) {
     r0 = std::min(R, tiles * t / P * 4);

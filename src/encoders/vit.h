@@ -131,8 +131,9 @@ VitModel quantize_vit_model(VitModel model);
 // of an in-memory model need them), also in a model packed before. In an
 // int8 model the linear layers stay int8 (qmatmul); the patch embedding,
 // projection and attention are packed. Throws vismem::Error if the model has
-// no weights or a weight matrix does not have the config's size.
-VitModel pack_vit_model(VitModel model, bool keep_float = true);
+// no weights or a weight matrix does not have the config's size. cols: the
+// panel width (packed_gemm.h; 0: this CPU's), for tests of the other layout.
+VitModel pack_vit_model(VitModel model, bool keep_float = true, int64_t cols = 0);
 
 struct VitOutputs {
   std::vector<float> embedding;    // n x dim(): DINOv2 pooler_output, CLIP image_embeds (not normalized)

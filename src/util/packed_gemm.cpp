@@ -19,7 +19,9 @@ namespace vismem {
 namespace {
 
 constexpr int64_t kDepth = PackedMatrix::kDepth;
-constexpr int64_t kMaxBlockRows = 320;  // A rows packed at a time: 320 x 384 floats = 480 KB, this CPU's L2
+// A rows packed at a time: 320 x 384 floats = 480 KB, this CPU's L2 (blocks of
+// equal size, rounded up to the tile's rows: up to 324 for the 12-row tile).
+constexpr int64_t kMaxBlockRows = 320;
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 

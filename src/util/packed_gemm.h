@@ -39,14 +39,16 @@ namespace vismem {
 struct PackedMatrix {
   static constexpr int64_t kDepth = 384;  // k per block: a panel block (36 or 48 KB) stays in L1/L2 while A's rows pass
   int64_t n = 0, k = 0;
-  int64_t cols = 24;        // panel width: 24, or 32 where packed at the avx512 level
+  int64_t cols = 24;        // panel width: 24 or 32 (pack_rows' argument; by default 32 at the avx512 level)
   std::vector<float> data;  // [k blocks][n/cols panels, n padded with zero rows][block depth][cols]
   bool empty() const { return n == 0; }
 };
 
-// True where pmatmul beats sgemm on this CPU: callers pack only then. The
-// avx2 level; and avx512 where OpenBLAS runs no AVX-512 kernels (a CPU it
-// did not recognize gets its SSE3 "Prescott" ones). VISMEM_PACKED=1 or 0
+// True where the encoders pack their weights and run pmatmul, not sgemm: the
+// avx2 level (measured faster); and avx512 where OpenBLAS runs no AVX-512
+// kernels (a CPU it did not recognize gets its SSE3 "Prescott" ones: 24-30
+// GFLOP/s against 74-86 for the 4 x 24 tile on one such Xeon; the 12 x 32
+// tile that runs there now has not been timed yet). VISMEM_PACKED=1 or 0
 // (read once) decides instead, to time one against the other.
 bool packed_gemm_preferred();
 // The rule itself, for a kernel level and an OpenBLAS core name (blas_core()).

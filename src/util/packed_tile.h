@@ -11,6 +11,7 @@
 // Thread safety: the tables are immutable; tiles touch only their arguments.
 #pragma once
 #include <cstdint>
+#include <utility>
 
 namespace vismem::tile {
 
@@ -26,13 +27,29 @@ struct TileSet {
   TileFn part[kMaxRows + 1] = {};   // [mr]: columns [lo, hi) only
 };
 
+// A set from a tile family T (T::kRows, T::kCols, T::fn<MR, Masked>;
+// packed_tile_impl.h): tiles of 1..T::kRows rows (the last tiles of a block
+// may be shorter). Defined here, outside any target pragma.
+template <class T, int... I>
+TileSet make_set(std::integer_sequence<int, I...>) {
+  static_assert(sizeof...(I) == T::kRows && T::kRows <= kMaxRows);
+  TileSet s;
+  s.rows = T::kRows;
+  s.cols = T::kCols;
+  ((s.whole[I + 1] = &T::template fn<I + 1, false>), ...);
+  ((s.part[I + 1] = &T::template fn<I + 1, true>), ...);
+  return s;
+}
+
 // 24-column panels: 4 x 24 with three 256-bit vectors per row (AVX2 + FMA).
 const TileSet& avx2_24();
 // 32-column panels: 12 x 32 with two 512-bit vectors per row (AVX-512F).
 const TileSet& avx512_32();
 // The same 12 x 32 tile, each 512-bit vector as two 256-bit halves (AVX2 +
-// FMA): the avx512 layout on a CPU without AVX-512, and the tests' way to run
-// that tile's logic where no AVX-512 CPU is at hand.
+// FMA): the tests' way to run that tile's logic where no AVX-512 CPU is at
+// hand, and what a 32-column matrix runs below the avx512 level. Not fast: its
+// 48 accumulators do not fit in 16 registers (about 30 GFLOP/s on Zen 3,
+// against 90 for the 4 x 24 tile); pack_rows picks 24 columns below avx512.
 const TileSet& emulated512_32();
 // Plain C++, 4 rows, for either layout (the portable level).
 const TileSet& plain(int64_t cols);

@@ -316,33 +316,58 @@ void qmatmul_sse(int64_t m, const QuantizedRows& a, const QuantizedMatrix& w, in
 }
 
 // acc[i][h] = the int32 sums of row ua[i] with the 8 columns of block w_h, over
-// `groups` groups of 4 k. Its own function (not inlined) so that the
-// epilogue's constants cannot push the 8 accumulators out of registers: they
-// spilled to the stack when it was inlined, and int8 fell to float32's speed.
-__attribute__((target("avx2,fma"), noinline)) void dot4x16_avx2(const uint8_t* const ua[4], const int8_t* w0,
-                                                                const int8_t* w1, int64_t groups, __m256i acc[4][2]) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-  for (int64_t g = 0; g < groups; ++g) {
-    const __m256i wv0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + g * 32));
-    const __m256i wv1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + g * 32));
-    int32_t uv[4];
-    for (int i = 0; i < 4; ++i) std::memcpy(&uv[i], ua[i] + g * 4, 4);
-    __m256i u = _mm256_set1_epi32(uv[0]);
-    a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
-    a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
-    u = _mm256_set1_epi32(uv[1]);
-    a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
-    a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
-    u = _mm256_set1_epi32(uv[2]);
-    a20 = _mm256_add_epi32(a20, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
-    a21 = _mm256_add_epi32(a21, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
-    u = _mm256_set1_epi32(uv[3]);
-    a30 = _mm256_add_epi32(a30, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv0), ones));
-    a31 = _mm256_add_epi32(a31, _mm256_madd_epi16(_mm256_maddubs_epi16(u, wv1), ones));
+// `groups` groups of 4 k, by dpbusd(acc, u, w): acc + the 4 products u8 x s8
+// of each 32-bit lane. Written once, compiled three times: with vpmaddubsw +
+// vpmaddwd + vpaddd (AVX2: vpmaddubsw adds pairs into int16 (no saturation:
+// see kPairLimit), vpmaddwd by 1 widens them into int32), and with VNNI's
+// vpdpbusd, one instruction for the three (AVX512-VNNI + VL, EVEX; AVX-VNNI,
+// VEX): the same integers, so the results do not change, only the speed.
+// Its own function (not inlined) so that the epilogue's constants cannot push
+// the 8 accumulators out of registers: they spilled to the stack when it was
+// inlined, and int8 fell to float32's speed.
+#define VISMEM_DOT4X16(name, target_str, dpbusd)                                                                \
+  __attribute__((target(target_str), noinline)) void name(const uint8_t* const ua[4], const int8_t* w0,         \
+                                                          const int8_t* w1, int64_t groups, __m256i acc[4][2]) { \
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,     \
+            a31 = a00;                                                                                          \
+    for (int64_t g = 0; g < groups; ++g) {                                                                      \
+      const __m256i wv0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + g * 32));                    \
+      const __m256i wv1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + g * 32));                    \
+      int32_t uv[4];                                                                                            \
+      for (int i = 0; i < 4; ++i) std::memcpy(&uv[i], ua[i] + g * 4, 4);                                       \
+      __m256i u = _mm256_set1_epi32(uv[0]);                                                                     \
+      a00 = dpbusd(a00, u, wv0);                                                                                \
+      a01 = dpbusd(a01, u, wv1);                                                                                \
+      u = _mm256_set1_epi32(uv[1]);                                                                             \
+      a10 = dpbusd(a10, u, wv0);                                                                                \
+      a11 = dpbusd(a11, u, wv1);                                                                                \
+      u = _mm256_set1_epi32(uv[2]);                                                                             \
+      a20 = dpbusd(a20, u, wv0);                                                                                \
+      a21 = dpbusd(a21, u, wv1);                                                                                \
+      u = _mm256_set1_epi32(uv[3]);                                                                             \
+      a30 = dpbusd(a30, u, wv0);                                                                                \
+      a31 = dpbusd(a31, u, wv1);                                                                                \
+    }                                                                                                           \
+    acc[0][0] = a00, acc[0][1] = a01, acc[1][0] = a10, acc[1][1] = a11;                                         \
+    acc[2][0] = a20, acc[2][1] = a21, acc[3][0] = a30, acc[3][1] = a31;                                         \
   }
-  acc[0][0] = a00, acc[0][1] = a01, acc[1][0] = a10, acc[1][1] = a11;
-  acc[2][0] = a20, acc[2][1] = a21, acc[3][0] = a30, acc[3][1] = a31;
+__attribute__((target("avx2,fma"), always_inline)) inline __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i w) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, w), _mm256_set1_epi16(1)));
+}
+VISMEM_DOT4X16(dot4x16_avx2, "avx2,fma", dpbusd_avx2)
+VISMEM_DOT4X16(dot4x16_avx512vnni, "avx512f,avx512vl,avx512vnni,avx2,fma", _mm256_dpbusd_epi32)
+VISMEM_DOT4X16(dot4x16_avxvnni, "avxvnni,avx2,fma", _mm256_dpbusd_avx_epi32)
+#undef VISMEM_DOT4X16
+
+enum class DotKind { avx2, avx512vnni, avxvnni };
+
+// The fastest of the three this CPU and level run (cpu_isa() at each call, so
+// that VISMEM_ISA=avx2 and the tests' set_isa leave AVX-512 VNNI out).
+DotKind dot_kind_for_cpu() {
+  const CpuFeatures& f = cpu_features();
+  if (cpu_isa() >= Isa::avx512 && f.avx512vnni) return DotKind::avx512vnni;
+  if (f.avxvnni) return DotKind::avxvnni;
+  return DotKind::avx2;
 }
 
 // bias[col, col + 8) as a vector; columns past c1 are never read: those lanes
@@ -366,6 +391,7 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
                                                       const QuantEpilogue& epi) {
   const int64_t kp = w.kp, groups = kp / 4;
   const __m256 lo = _mm256_set1_ps(epi.lo), hi = _mm256_set1_ps(epi.hi);
+  const DotKind dot = dot_kind_for_cpu();
   for (int64_t r0 = 0; r0 < m; r0 += kRowTile) {
     const int64_t r1 = std::min(m, r0 + kRowTile);
     for (int64_t col = c0 / kBlock * kBlock; col < c1; col += 2 * kBlock) {
@@ -378,7 +404,15 @@ __attribute__((target("avx2,fma"))) void qmatmul_avx2(int64_t m, const Quantized
         const uint8_t* ua[4];
         for (int i = 0; i < 4; ++i) ua[i] = &a.u[std::min(r + i, r1 - 1) * kp];
         __m256i acc[4][2];
-        dot4x16_avx2(ua, w0, w1, groups, acc);
+        // Direct calls, not a pointer: GCC then knows which registers each
+        // clobbers and keeps the epilogue's values in the others (through a
+        // pointer int8 ran 2 to 18% slower).
+        if (dot == DotKind::avx512vnni)
+          dot4x16_avx512vnni(ua, w0, w1, groups, acc);
+        else if (dot == DotKind::avxvnni)
+          dot4x16_avxvnni(ua, w0, w1, groups, acc);
+        else
+          dot4x16_avx2(ua, w0, w1, groups, acc);
         const __m256i cs0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&w.col_sum[col]));
         const __m256i cs1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&w.col_sum[col1]));
         const __m256 ws0 = _mm256_loadu_ps(&w.scale[col]), ws1 = _mm256_loadu_ps(&w.scale[col1]);

@@ -14,9 +14,11 @@
 // integer one. Kernels: AVX2 (vpmaddubsw; its int16 pair sums cannot saturate:
 // 8-bit activations only where every adjacent pair of weights has |q| sum <= 128,
 // after the few larger pairs move their excess to extension slots), chosen by
-// cpu_isa(); the AVX-512 level uses the AVX2 kernel; the portable level the
-// same kernel on 128-bit SSSE3 vectors (plain C++ off x86). Results are
-// identical at every level (exact int32 sums, the same float epilogue).
+// cpu_isa(); where the CPU has VNNI (AVX512-VNNI at the avx512 level, or
+// AVX-VNNI) the same kernel with vpdpbusd in place of vpmaddubsw + vpmaddwd +
+// vpaddd; the portable level the same kernel on 128-bit SSSE3 vectors (plain
+// C++ off x86). Results are identical at every level and with or without
+// VNNI (exact int32 sums, the same float epilogue).
 // Extremes: a row of A with a NaN or an infinity gives NaN outputs (the clamp
 // lets NaN through), as a float product would; a row whose range is below
 // ~1e-36 counts as zero; finite values past FLT_MAX / 2 keep their size.
