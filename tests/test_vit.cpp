@@ -12,6 +12,10 @@
 #include <fstream>
 #include <random>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "cpu.h"
 #include "error.h"
 #include "fastmath.h"
@@ -599,4 +603,32 @@ TEST(VitInt8, EncoderOptInByEnvironment) {
   unsetenv("VISMEM_PRECISION");
   EXPECT_EQ(fp8, fp32 + "|int8");  // a memory never mixes int8 and float embeddings
   EXPECT_EQ(vismem::load_vit_encoder(dir)->fingerprint(), fp32);
+}
+
+TEST(VitForward, ReusedTeamAndScratchAcrossShapesAndAFork) {
+  // Each calling thread keeps its team and arena between calls: other shapes
+  // and thread counts in between change nothing, and a fork()ed child (whose
+  // copy of the team has no threads) computes the same floats instead of
+  // waiting forever on helpers that do not exist.
+  const vismem::VitModel m = vismem::pack_vit_model(vismem::load_vit_model(kFix + "/dinov2_tiny"));
+  const Arr in = load(kFix + "/dinov2_tiny/input_56.npy");
+  const vismem::VitOutputs first = vismem::vit_forward(m, in.v.data(), 1, 56, 56, 2);
+  (void)vismem::vit_forward(m, in.v.data(), 3, 56, 56, 4);
+  (void)vismem::vit_forward(m, in.v.data(), 1, 42, 42, 2);
+  (void)vismem::vit_forward(m, in.v.data(), 1, 56, 56, 3);
+  const vismem::VitOutputs again = vismem::vit_forward(m, in.v.data(), 1, 56, 56, 2);
+  EXPECT_EQ(again.embedding, first.embedding);
+  fflush(nullptr);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    alarm(60);  // a hang fails the test instead of stalling it
+    const vismem::VitOutputs c = vismem::vit_forward(m, in.v.data(), 1, 56, 56, 2);
+    _exit(c.embedding == first.embedding ? 0 : 3);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child was killed (signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0)
+                                 << "): it hung or crashed";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child computed other floats";
 }

@@ -587,7 +587,7 @@ void run_batch(const MobileNet::Impl& net, const Plan& p, const float* pixels, i
   const Kernels& k = kernels_for(cpu_isa());
   const int64_t in_floats = int64_t{3} * net.input_size * net.input_size;
   const int64_t out_floats = net.values[p.out_value].size();
-  Team team(threads);
+  Team& team = thread_team(threads);
   if (threads > 1 && n >= threads) {
     const int group = std::min(kMaxGroup, (n + threads - 1) / threads);
     const int groups = (n + group - 1) / group;
@@ -606,7 +606,22 @@ void run_batch(const MobileNet::Impl& net, const Plan& p, const float* pixels, i
     return;
   }
   const int group = std::min(kMaxGroup, n);
-  Scratch s(p, group, threads);
+  // The arena stays with the calling thread for its next call of the same
+  // plan sizes, as the team does: fresh, its pages (3 MB per image in the
+  // first layers) faulted in again every call, while the helpers waited.
+  struct Cached {
+    std::vector<int64_t> key;
+    std::unique_ptr<Scratch> scratch;
+  };
+  thread_local Cached cache;
+  std::vector<int64_t> key = p.slot_floats;
+  key.insert(key.end(), {p.col_floats, group, threads});
+  if (cache.key != key || !cache.scratch) {
+    cache.scratch.reset();  // the old arena goes before the new one is allocated
+    cache.scratch = std::make_unique<Scratch>(p, group, threads);
+    cache.key = std::move(key);
+  }
+  Scratch& s = *cache.scratch;
   int i = 0;
   for (; i + group <= n; i += group) run_group(k, net, p, pixels + i * in_floats, out + i * out_floats, s, team);
   if (i < n) {

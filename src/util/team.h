@@ -51,4 +51,13 @@ class Team {
   bool stop_ = false;
 };
 
+// The calling thread's team of `threads` (threads - 1 helpers), kept for its
+// next call: starting helper threads for every forward pass cost the threads'
+// start and their thread_local buffers' page faults each time (MobileNet at
+// batch 1 on 2 threads: see mobilenet.cpp). A call with another count replaces
+// it. In a fork()ed child, whose copy has no threads, the old team is left
+// alone (joining threads that do not exist there would hang) and a new one
+// started. The helpers sleep between calls and end with the calling thread.
+Team& thread_team(int threads);
+
 }  // namespace vismem
