@@ -15,8 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 [ -x "$NVCC" ] || { echo "device_bundle: nvcc not found (set NVCC)" >&2; exit 1; }
-programs=(test_gpu_search bench_gpu_search test_flat_index test_packed_gemm test_qgemm bench_vit bench_search_faiss
-          bench_encoder_opencv)
+programs=(test_gpu_search bench_gpu_search test_flat_index test_packed_gemm test_qgemm test_vit bench_vit
+          bench_search_faiss bench_encoder_opencv)
 # The programs find the libraries beside them through an old-style DT_RPATH
 # ($ORIGIN/lib, --disable-new-dtags), which also serves those libraries' own
 # dependencies (OpenBLAS's libgfortran; a DT_RUNPATH would not), and no
@@ -36,6 +36,11 @@ cp bench/gpu_torch_search.py bench/vit_torch.py "$stage/vismem/"
 # bench_encoder_opencv's inputs: the two MobileNet files and the 64 Imagenette
 # JPEGs it picks (every k-th of the sorted list), as a small ../shared.
 shared=../shared
+# test_vit's fixtures (HF outputs of two tiny checkpoints, 1.7 MB).
+if [ -d "$shared/fixtures/dinov2_tiny" ]; then
+  mkdir -p "$stage/vismem/shared/fixtures"
+  cp -r "$shared/fixtures/dinov2_tiny" "$shared/fixtures/clip_tiny_f16" "$stage/vismem/shared/fixtures/"
+fi
 if [ ! -d "$shared/data/imagenette2/val" ]; then
   echo "device_bundle: no $shared/data/imagenette2/val: the mobilenet part will have no images" >&2
 else
@@ -57,7 +62,8 @@ cat > device_bundle/run.sh <<'RUN'
 #!/usr/bin/env bash
 # On the GPU machine. Parts (all when none is named):
 #   gpu:    test_gpu_search (bit for bit against the CPU), memcheck on part of it, bench_gpu_search vs torch
-#   cpu:    the search, packed-GEMM and int8-GEMM tests at every ISA level this CPU has
+#   cpu:    the search, packed-GEMM and int8-GEMM tests at every ISA level this CPU has, and the ViT's
+#           against the HF fixtures (both packed layouts, every level)
 #   vit512: bench_vit vs this machine's torch (--quick), the weights packed for the 12 x 32 AVX-512 tile
 #           (VISMEM_PACKED=1), --sgemm: against OpenBLAS's AVX-512 sgemm in the same rounds; ViT-S, ViT-B
 #   vit:    the same with the weights packed for the 4 x 24 AVX2 tile (VISMEM_ISA=avx2), and ViT-S
@@ -96,7 +102,8 @@ for part in $parts; do
     gpu-bench)
       log bench_gpu_search ./bench_gpu_search --script gpu_torch_search.py --python "$py" --batches 1,4,8,16,64,256 ;;
     cpu)
-      for t in test_flat_index test_packed_gemm test_qgemm; do log "$t" ./"$t" --gtest_brief=1; done ;;
+      for t in test_flat_index test_packed_gemm test_qgemm; do log "$t" ./"$t" --gtest_brief=1; done
+      log test_vit env VISMEM_SHARED_DIR="$PWD/shared" ./test_vit --gtest_brief=1 ;;
     vit-default)  # OpenBLAS as it detects the host by itself: packed where it falls back to narrow kernels
       log bench_vit_s_default ./bench_vit --model s --threads 1 --batches 1,16 --quick --sgemm --no-torch ;;
     vit512)

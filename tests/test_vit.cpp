@@ -27,7 +27,9 @@ using vismem::Error;
 
 namespace {
 
-const std::string kFix = std::string(VISMEM_SHARED_DIR) + "/fixtures";
+// ../shared, or VISMEM_SHARED_DIR from the environment (device_bundle carries the fixtures elsewhere).
+const std::string kFix = std::string(std::getenv("VISMEM_SHARED_DIR") ? std::getenv("VISMEM_SHARED_DIR")
+                                                                        : VISMEM_SHARED_DIR) + "/fixtures";
 constexpr double kTol = 1e-4;  // fixtures/README.md: max|ours - ref| / max|ref|
 
 struct Arr {
