@@ -7,6 +7,9 @@
 #include <thread>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "team.h"
 
 using vismem::Team;
@@ -52,4 +55,58 @@ TEST(Team, OneThreadRunsInline) {
     ++count;
   });
   EXPECT_EQ(count, 10);
+}
+
+TEST(TeamLease, OnePassAtATimeHoldsTheKeptTeam) {
+  Team* first = nullptr;
+  {
+    vismem::TeamLease a(2);
+    ASSERT_TRUE(a.kept());
+    first = &a.team();
+    {
+      vismem::TeamLease nested(2);  // a pass inside a pass on this thread: a team of its own
+      EXPECT_FALSE(nested.kept());
+      EXPECT_NE(&nested.team(), first);
+    }
+    bool other_kept = true;  // another thread while this one holds it: its own team
+    std::thread([&] { other_kept = vismem::TeamLease(2).kept(); }).join();
+    EXPECT_FALSE(other_kept);
+    std::atomic<int> ran{0};
+    a.team().run(16, [&](int64_t, int) { ++ran; });
+    EXPECT_EQ(ran.load(), 16);
+  }
+  {
+    vismem::TeamLease b(2);  // free again: the same team
+    EXPECT_TRUE(b.kept());
+    EXPECT_EQ(&b.team(), first);
+  }
+  EXPECT_EQ(vismem::TeamLease(3).team().size(), 3);  // another size replaces it
+  EXPECT_FALSE(vismem::TeamLease(vismem::TeamLease::kMaxKeptThreads + 1).kept());
+}
+
+TEST(TeamLease, AForkedChildRunsAndExits) {
+  // The child's copy of the kept team has no threads: it must neither use it
+  // nor wait on it at exit (exit(), not _exit: the static destructors run).
+  { vismem::TeamLease warm(2); }
+  for (const bool use : {true, false}) {
+    fflush(nullptr);
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      alarm(30);  // a hang fails the test instead of stalling it
+      int ran = 0;
+      if (use) {
+        vismem::TeamLease lease(2);
+        std::atomic<int> n{0};
+        lease.team().run(8, [&](int64_t, int) { ++n; });
+        ran = n.load();
+      }
+      std::exit(use && ran != 8 ? 3 : 0);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status)) << "the child was killed (signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0)
+                                   << "): it hung";
+    EXPECT_EQ(WEXITSTATUS(status), 0) << (use ? "the child's pass did not run every item" : "");
+  }
 }

@@ -607,10 +607,10 @@ TEST(VitInt8, EncoderOptInByEnvironment) {
   EXPECT_EQ(vismem::load_vit_encoder(dir)->fingerprint(), fp32);
 }
 
-TEST(VitForward, ReusedTeamAndScratchAcrossShapesAndAFork) {
-  // Each calling thread keeps its team and arena between calls: other shapes
-  // and thread counts in between change nothing, and a fork()ed child (whose
-  // copy of the team has no threads) computes the same floats instead of
+TEST(VitForward, KeptTeamAndArenaAcrossShapesAndAFork) {
+  // The process keeps a team and an arena between passes: other shapes and
+  // thread counts in between change nothing, and a fork()ed child (whose copy
+  // of the team has no threads) computes the same floats and exits instead of
   // waiting forever on helpers that do not exist.
   const vismem::VitModel m = vismem::pack_vit_model(vismem::load_vit_model(kFix + "/dinov2_tiny"));
   const Arr in = load(kFix + "/dinov2_tiny/input_56.npy");
@@ -626,7 +626,7 @@ TEST(VitForward, ReusedTeamAndScratchAcrossShapesAndAFork) {
   if (child == 0) {
     alarm(60);  // a hang fails the test instead of stalling it
     const vismem::VitOutputs c = vismem::vit_forward(m, in.v.data(), 1, 56, 56, 2);
-    _exit(c.embedding == first.embedding ? 0 : 3);
+    std::exit(c.embedding == first.embedding ? 0 : 3);  // exit(): static destructors run too
   }
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);

@@ -587,7 +587,8 @@ void run_batch(const MobileNet::Impl& net, const Plan& p, const float* pixels, i
   const Kernels& k = kernels_for(cpu_isa());
   const int64_t in_floats = int64_t{3} * net.input_size * net.input_size;
   const int64_t out_floats = net.values[p.out_value].size();
-  Team& team = thread_team(threads);
+  TeamLease lease(threads);  // the process's kept team where free (team.h)
+  Team& team = lease.team();
   if (threads > 1 && n >= threads) {
     const int group = std::min(kMaxGroup, (n + threads - 1) / threads);
     const int groups = (n + group - 1) / group;
@@ -606,22 +607,25 @@ void run_batch(const MobileNet::Impl& net, const Plan& p, const float* pixels, i
     return;
   }
   const int group = std::min(kMaxGroup, n);
-  // The arena stays with the calling thread for its next call of the same
-  // plan sizes, as the team does: fresh, its pages (3 MB per image in the
-  // first layers) faulted in again every call, while the helpers waited.
-  struct Cached {
+  // The arena is kept beside the kept team, under its lease, for the next
+  // pass with the same sizes: fresh, its pages (3 MB per image in the first
+  // layers) were faulted in again every call while the helpers waited.
+  struct KeptArena {
     std::vector<int64_t> key;
     std::unique_ptr<Scratch> scratch;
   };
-  thread_local Cached cache;
+  static KeptArena kept;  // used only under the kept team's lease
   std::vector<int64_t> key = p.slot_floats;
   key.insert(key.end(), {p.col_floats, group, threads});
-  if (cache.key != key || !cache.scratch) {
-    cache.scratch.reset();  // the old arena goes before the new one is allocated
-    cache.scratch = std::make_unique<Scratch>(p, group, threads);
-    cache.key = std::move(key);
+  std::unique_ptr<Scratch> own;
+  if (!lease.kept()) {
+    own = std::make_unique<Scratch>(p, group, threads);
+  } else if (kept.key != key || !kept.scratch) {
+    kept.scratch.reset();  // the old arena goes before the new one is allocated
+    kept.scratch = std::make_unique<Scratch>(p, group, threads);
+    kept.key = std::move(key);
   }
-  Scratch& s = *cache.scratch;
+  Scratch& s = own ? *own : *kept.scratch;
   int i = 0;
   for (; i + group <= n; i += group) run_group(k, net, p, pixels + i * in_floats, out + i * out_floats, s, team);
   if (i < n) {

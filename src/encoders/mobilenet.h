@@ -37,8 +37,10 @@
 // slightly (float32 ~1e-7; int8 cosine > 0.9995: a last-bit difference in a
 // float layer can flip a rounding of the next layer's activations).
 // Thread safety: read-only after load; forward() / run_full() may run from
-// several threads at once (each call allocates its own scratch). They thread
-// themselves (team.h) and so set OpenBLAS to one thread (set_blas_threads(1)).
+// several threads at once: one pass at a time uses the process's kept team of
+// threads and the arena kept beside it (team.h, TeamLease), the others a team
+// and an arena of their own. They thread themselves and so set OpenBLAS to
+// one thread (set_blas_threads(1)).
 #pragma once
 #include <memory>
 #include <cstdint>

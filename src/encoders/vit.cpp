@@ -528,6 +528,8 @@ namespace {
 // every call; 4 images (1028 rows at 224 px) cut that packing from ~10% of the
 // run time to ~3% (perf, ViT-S/14, one thread) while the activations stay small.
 constexpr int kMaxChunk = 4;
+// The largest arena kept between passes (ViT-B, 4 images: ~37 MB).
+constexpr size_t kMaxKeptArena = size_t(64) << 20;
 
 // Per-thread arena, allocated once per vit_forward call for `b` images of T tokens.
 // R = b*T rows, D hidden, M mlp width (SwiGLU: 2M for fc1's output), G patches, K = C*p*p.
@@ -544,6 +546,11 @@ struct Scratch {
   // Per thread, where the model is packed: one head's keys [T, dh] (scaled by
   // 1/sqrt(dh)) and values transposed [dh, T], packed for pmatmul.
   std::vector<PackedMatrix> keys, values;
+
+  size_t bytes() const {
+    return (patches.size() + x.size() + xn.size() + qkv.size() + ctx.size() + tmp.size() + mid.size() + att.size() +
+            pooler.size()) * sizeof(float);
+  }
 
   Scratch(const VitConfig& c, int b, int T, int G, int P) : keys(size_t(P)), values(size_t(P)) {
     const size_t R = size_t(b) * T, D = c.hidden, K = size_t(c.channels) * c.patch * c.patch;
@@ -932,24 +939,33 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
   const int par = blas ? 1 : threads;
   set_blas_threads(blas ? threads : 1);
   const int chunk = std::min(max_chunk, n);
-  // The arena stays with the calling thread for its next call of the same
-  // shape, as the team does (thread_team): a new one page-faulted and zeroed
-  // its ~5 MB (ViT-S, one image) every call while the helpers waited. With 2
-  // threads at batch 1 the work outside the team's runs went from 3.8 to 0.9
-  // ms per image (ViT-S) and 7.3 to 1.6 (ViT-B).
-  struct Cached {
+  // The team, and the arena beside it, are kept for the process's next pass
+  // of the same shape (TeamLease, team.h), for one pass at a time: a new
+  // arena page-faulted and zeroed its ~5 MB (ViT-S, one image) every call
+  // while the helpers waited. With 2 threads at batch 1 the work outside the
+  // team's runs went from 3.8 to 0.9 ms per image (ViT-S) and 7.3 to 1.6
+  // (ViT-B). An arena over kMaxKeptArena (large inputs) is not kept.
+  struct KeptArena {
     std::vector<int> key;
     std::unique_ptr<Scratch> scratch;
   };
-  thread_local Cached cache;
+  static KeptArena kept;  // used only under the kept team's lease
+  TeamLease lease(par);
   const std::vector<int> key = {c.hidden, c.mlp, c.swiglu ? 1 : 0, c.channels, c.patch, chunk, T, G, par};
-  if (cache.key != key || !cache.scratch) {
-    cache.scratch.reset();  // the old arena goes before the new one is allocated
-    cache.scratch = std::make_unique<Scratch>(c, chunk, T, G, par);
-    cache.key = key;
+  std::unique_ptr<Scratch> own;
+  Scratch* s = nullptr;
+  if (lease.kept() && kept.key == key && kept.scratch) {
+    s = kept.scratch.get();
+  } else {
+    if (lease.kept()) kept.scratch.reset();  // the old arena goes before the new one is allocated
+    own = std::make_unique<Scratch>(c, chunk, T, G, par);
+    s = own.get();
+    if (lease.kept() && s->bytes() <= kMaxKeptArena) {
+      kept.scratch = std::move(own);
+      kept.key = key;
+    }
   }
-  Team& team = thread_team(par);
-  for (int start = 0; start < n; start += chunk) run_range(*cache.scratch, team, start, std::min(chunk, n - start));
+  for (int start = 0; start < n; start += chunk) run_range(*s, lease.team(), start, std::min(chunk, n - start));
 }
 
 }  // namespace

@@ -16,10 +16,11 @@
 // checkpoint key and shape-checked against the config; F32/F16/BF16 are
 // converted to float32 once at load.
 // Thread safety: a VitModel is read-only after loading; vit_forward() may run
-// from several threads at once (each calling thread keeps its own scratch
-// and, with threads > 1 on fewer images, its own team of helper threads,
-// reused by its next call of the same shape: a thread that ran ViT-B on 4
-// images holds ~40 MB until it exits; a forked child starts new ones). It sets
+// from several threads at once: where one thread takes the images (threads
+// 1) or all threads share them (fewer images than threads), one pass at a
+// time uses the process's kept team and the arena kept beside it (team.h,
+// TeamLease; at most 64 MB, ViT-B on 4 images ~37 MB, held until a pass of
+// another shape), the others a team and an arena of their own. It sets
 // OpenBLAS's global thread count (set_blas_threads: 1, or `threads` for
 // VitSplit::blas), so concurrent calls should use the same split.
 #pragma once

@@ -30,7 +30,17 @@ bool spin_until(Ready ready) {
 }  // namespace
 
 Team::Team(int threads) {
-  for (int w = 1; w < threads; ++w) helpers_.emplace_back([this, w] { helper(w); });
+  try {
+    for (int w = 1; w < threads; ++w) helpers_.emplace_back([this, w] { helper(w); });
+  } catch (...) {  // out of threads: stop the helpers that started before unwinding
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    start_.notify_all();
+    for (std::thread& t : helpers_) t.join();
+    throw;
+  }
 }
 
 Team::~Team() {
@@ -85,22 +95,53 @@ void Team::helper(int worker) {
   }
 }
 
-Team& thread_team(int threads) {
-  struct Cached {
-    std::unique_ptr<Team> team;
-    pid_t pid = 0;
-  };
-  thread_local Cached cache;
-  if (cache.pid != getpid()) {
-    (void)cache.team.release();  // deliberately leaked in a forked child
-    cache.pid = getpid();
+namespace {
+// The process's kept team. mu: held by the lease that uses it, for a whole pass.
+struct Kept {
+  std::mutex mu;
+  std::unique_ptr<Team> team;
+  pid_t pid = getpid();
+  // In a forked child the team's helpers do not exist: destroying it would
+  // wait forever on them (at exit, in pthread_cond_destroy), so it is left alone.
+  ~Kept() {
+    if (pid != getpid()) (void)team.release();
   }
+};
+Kept& kept_team() {
+  static Kept k;
+  return k;
+}
+thread_local bool t_leasing = false;  // this thread holds the kept team (a nested pass must not take it)
+}  // namespace
+
+TeamLease::TeamLease(int threads) {
   if (threads < 1) threads = 1;
-  if (!cache.team || cache.team->size() != threads) {
-    cache.team.reset();
-    cache.team = std::make_unique<Team>(threads);
+  Kept& k = kept_team();
+  if (!t_leasing && threads <= kMaxKeptThreads && k.mu.try_lock()) {
+    std::unique_lock<std::mutex> lock(k.mu, std::adopt_lock);
+    if (k.pid != getpid()) {
+      (void)k.team.release();  // the parent's, without its threads here: left alone
+      k.pid = getpid();
+    }
+    if (!k.team || k.team->size() != threads) {
+      k.team.reset();
+      k.team = std::make_unique<Team>(threads);  // on a throw the lock is released, nothing is kept
+    }
+    team_ = k.team.get();
+    kept_ = true;
+    t_leasing = true;
+    lock.release();  // held until ~TeamLease
+    return;
   }
-  return *cache.team;
+  own_ = std::make_unique<Team>(threads);
+  team_ = own_.get();
+}
+
+TeamLease::~TeamLease() {
+  if (kept_) {
+    t_leasing = false;
+    kept_team().mu.unlock();
+  }
 }
 
 }  // namespace vismem

@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -51,13 +52,32 @@ class Team {
   bool stop_ = false;
 };
 
-// The calling thread's team of `threads` (threads - 1 helpers), kept for its
-// next call: starting helper threads for every forward pass cost the threads'
-// start and their thread_local buffers' page faults each time (MobileNet at
-// batch 1 on 2 threads: see mobilenet.cpp). A call with another count replaces
-// it. In a fork()ed child, whose copy has no threads, the old team is left
-// alone (joining threads that do not exist there would hang) and a new one
-// started. The helpers sleep between calls and end with the calling thread.
-Team& thread_team(int threads);
+// A team for one forward pass. The process keeps one team between passes
+// (a new one per pass started its helper threads, whose thread_local GEMM
+// buffers were then page-faulted again, while the caller waited: see
+// vit.cpp): a lease takes it when no other pass holds it, and then kept() is
+// true and the caller may also use what it keeps beside it (an encoder's
+// arena), under the same lease. Otherwise (another thread's pass holds it, or
+// this thread's own, in a pass nested in one) the lease starts a team of its
+// own for this pass, as before. The kept team is replaced when a pass wants
+// another size, and is never larger than kMaxKeptThreads. In a fork()ed child,
+// whose copy of it has no threads, it is left alone and a new one started.
+// Throws std::system_error if threads cannot be started (the team then has
+// stopped and joined the ones it had).
+class TeamLease {
+ public:
+  static constexpr int kMaxKeptThreads = 64;
+  explicit TeamLease(int threads);
+  ~TeamLease();
+  TeamLease(const TeamLease&) = delete;
+  TeamLease& operator=(const TeamLease&) = delete;
+  Team& team() { return *team_; }
+  bool kept() const { return kept_; }
+
+ private:
+  std::unique_ptr<Team> own_;
+  Team* team_ = nullptr;
+  bool kept_ = false;
+};
 
 }  // namespace vismem
