@@ -80,6 +80,12 @@ TEST(TeamLease, OnePassAtATimeHoldsTheKeptTeam) {
     EXPECT_TRUE(b.kept());
     EXPECT_EQ(&b.team(), first);
   }
+  {
+    vismem::TeamLease one(1);  // one thread: nothing to keep, the kept team stays
+    EXPECT_TRUE(one.kept());
+    EXPECT_EQ(one.team().size(), 1);
+  }
+  EXPECT_EQ(&vismem::TeamLease(2).team(), first);
   EXPECT_EQ(vismem::TeamLease(3).team().size(), 3);  // another size replaces it
   EXPECT_FALSE(vismem::TeamLease(vismem::TeamLease::kMaxKeptThreads + 1).kept());
 }

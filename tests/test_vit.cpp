@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -633,4 +634,21 @@ TEST(VitForward, KeptTeamAndArenaAcrossShapesAndAFork) {
   ASSERT_TRUE(WIFEXITED(status)) << "the child was killed (signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0)
                                  << "): it hung or crashed";
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the child computed other floats";
+
+  // exit() while another thread is in the middle of a pass on the kept team
+  // and arena: nothing is freed under it (they are never destroyed).
+  fflush(nullptr);
+  const pid_t busy = fork();
+  ASSERT_GE(busy, 0);
+  if (busy == 0) {
+    alarm(60);
+    std::thread([&] {
+      for (;;) (void)vismem::vit_forward(m, in.v.data(), 1, 56, 56, 2);
+    }).detach();
+    usleep(20000);
+    std::exit(0);
+  }
+  ASSERT_EQ(waitpid(busy, &status, 0), busy);
+  ASSERT_TRUE(WIFEXITED(status)) << "exit() with a pass running: signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }

@@ -614,7 +614,7 @@ void run_batch(const MobileNet::Impl& net, const Plan& p, const float* pixels, i
     std::vector<int64_t> key;
     std::unique_ptr<Scratch> scratch;
   };
-  static KeptArena kept;  // used only under the kept team's lease
+  static KeptArena& kept = *new KeptArena;  // used only under the kept team's lease; never destroyed (team.cpp)
   std::vector<int64_t> key = p.slot_floats;
   key.insert(key.end(), {p.col_floats, group, threads});
   std::unique_ptr<Scratch> own;

@@ -949,7 +949,7 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
     std::vector<int> key;
     std::unique_ptr<Scratch> scratch;
   };
-  static KeptArena kept;  // used only under the kept team's lease
+  static KeptArena& kept = *new KeptArena;  // used only under the kept team's lease; never destroyed (team.cpp)
   TeamLease lease(par);
   const std::vector<int> key = {c.hidden, c.mlp, c.swiglu ? 1 : 0, c.channels, c.patch, chunk, T, G, par};
   std::unique_ptr<Scratch> own;

@@ -101,14 +101,12 @@ struct Kept {
   std::mutex mu;
   std::unique_ptr<Team> team;
   pid_t pid = getpid();
-  // In a forked child the team's helpers do not exist: destroying it would
-  // wait forever on them (at exit, in pthread_cond_destroy), so it is left alone.
-  ~Kept() {
-    if (pid != getpid()) (void)team.release();
-  }
 };
+// Never destroyed: at exit another thread may be in a pass on it (destroying
+// it there crashed), a forked child's copy has no threads to join (waiting on
+// them hung), and a job on a helper may call exit(). Its helpers end with the process.
 Kept& kept_team() {
-  static Kept k;
+  static Kept& k = *new Kept;
   return k;
 }
 thread_local bool t_leasing = false;  // this thread holds the kept team (a nested pass must not take it)
@@ -123,11 +121,14 @@ TeamLease::TeamLease(int threads) {
       (void)k.team.release();  // the parent's, without its threads here: left alone
       k.pid = getpid();
     }
-    if (!k.team || k.team->size() != threads) {
+    if (threads == 1) {  // no helpers to keep: the kept team stays for the next pass on several
+      own_ = std::make_unique<Team>(1);
+      team_ = own_.get();
+    } else if (!k.team || k.team->size() != threads) {
       k.team.reset();
       k.team = std::make_unique<Team>(threads);  // on a throw the lock is released, nothing is kept
     }
-    team_ = k.team.get();
+    if (!team_) team_ = k.team.get();
     kept_ = true;
     t_leasing = true;
     lock.release();  // held until ~TeamLease

@@ -60,8 +60,10 @@ class Team {
 // arena), under the same lease. Otherwise (another thread's pass holds it, or
 // this thread's own, in a pass nested in one) the lease starts a team of its
 // own for this pass, as before. The kept team is replaced when a pass wants
-// another size, and is never larger than kMaxKeptThreads. In a fork()ed child,
-// whose copy of it has no threads, it is left alone and a new one started.
+// another size (a 1-thread pass leaves it), and is never larger than
+// kMaxKeptThreads. In a fork()ed child, whose copy of it has no threads, it is
+// left alone and a new one started. It is never destroyed (a pass may still
+// run on another thread at exit); its helpers end with the process.
 // Throws std::system_error if threads cannot be started (the team then has
 // stopped and joined the ones it had).
 class TeamLease {
