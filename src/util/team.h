@@ -6,6 +6,9 @@
 //     process_row(i, scratch[worker]);
 //   });                                          // returns when every i is done
 //
+//   vismem::TeamLease lease(threads);           // a forward pass: the process's kept team where free
+//   lease.team().run(...);                       // (no threads started), else one of its own
+//
 // Why not an OpenMP parallel region per layer: OpenMP's barriers spin, and on
 // a machine whose cores are busy with other processes a spinning thread keeps
 // the one that has the remaining work off the CPU: 2 threads on 1 free core
@@ -13,7 +16,8 @@
 // a shared counter (a descheduled thread delays at most the item it holds),
 // and idle threads yield briefly and then sleep on a condition variable.
 // Thread safety: one run() at a time, from the thread that owns the Team; f
-// runs concurrently on the team's threads.
+// runs concurrently on the team's threads. TeamLease may be taken from any
+// thread at any time (one holds the kept team, the others get their own).
 #pragma once
 #include <atomic>
 #include <condition_variable>
