@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -115,4 +116,21 @@ TEST(TeamLease, AForkedChildRunsAndExits) {
                                    << "): it hung";
     EXPECT_EQ(WEXITSTATUS(status), 0) << (use ? "the child's pass did not run every item" : "");
   }
+}
+
+TEST(Team, AThrowOnTheCallingThreadStopsTheJobAndTheTeamGoesOn) {
+  Team team(2);
+  std::atomic<int> ran{0};
+  EXPECT_THROW(team.run(1000, [&](int64_t, int worker) {
+    if (worker == 0) throw std::runtime_error("job failed");
+    ++ran;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }), std::runtime_error);
+  const int when_thrown = ran.load();  // the helpers were done before run() rethrew: nothing runs after
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(ran.load(), when_thrown);
+  EXPECT_LT(when_thrown, 1000);
+  std::atomic<int> after{0};
+  team.run(64, [&](int64_t, int) { ++after; });
+  EXPECT_EQ(after.load(), 64);
 }

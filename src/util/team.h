@@ -38,7 +38,10 @@ class Team {
   Team& operator=(const Team&) = delete;
 
   int size() const { return static_cast<int>(helpers_.size()) + 1; }
-  // Calls f(i, worker) for every i in [0, n); worker is in [0, size()). f must not throw.
+  // Calls f(i, worker) for every i in [0, n); worker is in [0, size()). f must
+  // not throw on a helper (worker > 0: std::terminate); on the calling thread
+  // (worker 0) its exception stops the job (items not yet taken are skipped)
+  // and is rethrown once the helpers are done, the team ready for the next run.
   void run(int64_t n, const std::function<void(int64_t, int)>& f);
 
  private:
