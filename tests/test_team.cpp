@@ -121,8 +121,15 @@ TEST(TeamLease, AForkedChildRunsAndExits) {
 TEST(Team, AThrowOnTheCallingThreadStopsTheJobAndTheTeamGoesOn) {
   Team team(2);
   std::atomic<int> ran{0};
+  std::atomic<bool> caller_in{false};
   EXPECT_THROW(team.run(1000, [&](int64_t, int worker) {
-    if (worker == 0) throw std::runtime_error("job failed");
+    if (worker == 0) {
+      caller_in = true;
+      throw std::runtime_error("job failed");
+    }
+    // The helper waits (up to 10 s) until the calling thread has taken an
+    // item, so that the throw happens there however the threads are scheduled.
+    for (int i = 0; i < 10000 && !caller_in; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     ++ran;
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }), std::runtime_error);

@@ -1,5 +1,7 @@
 #include "team.h"
 
+#include <cxxabi.h>
+
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -71,18 +73,26 @@ void Team::run(int64_t n, const std::function<void(int64_t, int)>& f) {
     generation_.fetch_add(1, std::memory_order_release);
   }
   start_.notify_all();
+  // Every helper must check in before the next job replaces this one (or the
+  // job's state goes out of scope), also when the job throws here.
+  const auto wait_for_helpers = [&] {
+    if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
+  };
   std::exception_ptr error;
   try {
     work(0);
-  } catch (...) {  // on the calling thread: no more items, then wait for the helpers as always
+  } catch (abi::__forced_unwind&) {  // this thread is being cancelled: unwind on, after the helpers
+    next_.store(n_, std::memory_order_relaxed);
+    wait_for_helpers();
+    throw;
+  } catch (...) {  // no more items, then wait for the helpers as always
     error = std::current_exception();
     next_.store(n_, std::memory_order_relaxed);
   }
-  // Every helper must check in before the next job replaces this one.
-  if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
-  }
+  wait_for_helpers();
   if (error) std::rethrow_exception(error);
 }
 
