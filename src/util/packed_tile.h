@@ -32,13 +32,17 @@ struct TileSet {
 // may be shorter). Defined here, outside any target pragma.
 template <class T, int... I>
 TileSet make_set(std::integer_sequence<int, I...>) {
-  static_assert(sizeof...(I) == T::kRows && T::kRows <= kMaxRows);
+  static_assert(T::kRows <= kMaxRows);
   TileSet s;
   s.rows = T::kRows;
   s.cols = T::kCols;
   ((s.whole[I + 1] = &T::template fn<I + 1, false>), ...);
   ((s.part[I + 1] = &T::template fn<I + 1, true>), ...);
   return s;
+}
+template <class T>
+TileSet make_set() {
+  return make_set<T>(std::make_integer_sequence<int, T::kRows>());
 }
 
 // 24-column panels: 4 x 24 with three 256-bit vectors per row (AVX2 + FMA).

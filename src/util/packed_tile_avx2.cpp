@@ -78,11 +78,11 @@ constexpr int kMR = 12, kNV = 2;
 
 namespace vismem::tile {
 const TileSet& avx2_24() {
-  static const TileSet s = make_set<avx2::Tile>(std::make_integer_sequence<int, avx2::kMR>());
+  static const TileSet s = make_set<avx2::Tile>();
   return s;
 }
 const TileSet& emulated512_32() {
-  static const TileSet s = make_set<emulated512::Tile>(std::make_integer_sequence<int, emulated512::kMR>());
+  static const TileSet s = make_set<emulated512::Tile>();
   return s;
 }
 }  // namespace vismem::tile

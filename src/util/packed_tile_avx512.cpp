@@ -48,7 +48,7 @@ constexpr int kMR = 12, kNV = 2;
 
 namespace vismem::tile {
 const TileSet& avx512_32() {
-  static const TileSet s = make_set<avx512::Tile>(std::make_integer_sequence<int, avx512::kMR>());
+  static const TileSet s = make_set<avx512::Tile>();
   return s;
 }
 }  // namespace vismem::tile
