@@ -174,7 +174,7 @@ TEST(PackedGemm, StridedRowsPackIntoTheDocumentedLayout) {
   for (const int64_t cols : {24, 32}) {
     for (const auto& [n, k] : {std::pair<int64_t, int64_t>{257, 64}, {7, 13}, {24, 8}, {33, 400}, {300, 1}}) {
       const int64_t np = (n + cols - 1) / cols * cols;
-      std::vector<float> want(size_t(np * k), 0.0f);
+      vismem::AlignedVector<float> want(size_t(np * k), 0.0f);
       for (int64_t k0 = 0; k0 < k; k0 += depth) {
         const int64_t kc = std::min(depth, k - k0);
         for (int64_t j = 0; j < n; ++j)
@@ -185,6 +185,8 @@ TEST(PackedGemm, StridedRowsPackIntoTheDocumentedLayout) {
       vismem::pack_strided(src.data(), n, k, ld, 1, 0.125f, strided, cols);
       EXPECT_EQ(strided.cols, cols);
       EXPECT_EQ(strided.data, want) << "cols " << cols << " " << n << "x" << k;
+      // Panels start on a cache line: no 32- or 64-byte load of the tiles spans two.
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(strided.data.data()) % 64, 0u);
       std::vector<float> w(size_t(n * k));
       for (int64_t j = 0; j < n; ++j)
         for (int64_t kk = 0; kk < k; ++kk) w[j * k + kk] = src[j * ld + kk] * 0.125f;

@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned.h"
 #include "cpu.h"
 
 namespace vismem {
@@ -40,7 +41,7 @@ struct PackedMatrix {
   static constexpr int64_t kDepth = 384;  // k per block: a panel block (36 or 48 KB) stays in L1/L2 while A's rows pass
   int64_t n = 0, k = 0;
   int64_t cols = 24;        // panel width: 24 or 32 (pack_rows' argument; by default 32 at the avx512 level)
-  std::vector<float> data;  // [k blocks][n/cols panels, n padded with zero rows][block depth][cols]
+  AlignedVector<float> data;  // [k blocks][n/cols panels, n padded with zero rows][block depth][cols]
   bool empty() const { return n == 0; }
 };
 

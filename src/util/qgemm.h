@@ -29,12 +29,14 @@
 #include <cstdint>
 #include <vector>
 
+#include "aligned.h"
+
 namespace vismem {
 
 struct QuantizedMatrix {
   int64_t n = 0, k = 0;
   int64_t kp = 0;              // packed k: kp_main(), the extension slots, zero padding to a multiple of 4
-  std::vector<int8_t> packed;  // [n/8 blocks][kp/4][8 columns][4]: one 32-byte vector per block and 4 k
+  AlignedVector<int8_t> packed;  // [n/8 blocks][kp/4][8 columns][4]: one 32-byte vector per block and 4 k
   std::vector<float> scale;    // [n] per output channel: w ~= q * scale
   std::vector<int32_t> col_sum;  // [n] sum of q over kp (removes the activations' zero point)
   int32_t act_levels = 127;    // activations per row: 255 (8-bit) where the weights allow it, else 127
