@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "error.h"
 #include "team.h"
 
 using vismem::Team;
@@ -116,6 +117,75 @@ TEST(TeamLease, AForkedChildRunsAndExits) {
                                    << "): it hung";
     EXPECT_EQ(WEXITSTATUS(status), 0) << (use ? "the child's pass did not run every item" : "");
   }
+}
+
+TEST(TeamLease, KeptStateIsOnePerTypeUnderTheLease) {
+  struct Counter {
+    int n;
+  };
+  struct Other {
+    int n;
+  };
+  int* first = nullptr;
+  {
+    vismem::TeamLease a(2);
+    ASSERT_TRUE(a.kept());
+    Counter& c = a.kept_state<Counter>();
+    first = &c.n;
+    c.n = 41;
+    EXPECT_EQ(a.kept_state<Other>().n, 0);  // another type: its own, value-initialized
+    vismem::TeamLease nested(2);            // not kept: no state to hand out
+    EXPECT_THROW(nested.kept_state<Counter>(), vismem::Error);
+  }
+  vismem::TeamLease b(3);  // the next holder (another team size) finds the same object
+  ASSERT_TRUE(b.kept());
+  EXPECT_EQ(&b.kept_state<Counter>().n, first);
+  EXPECT_EQ(b.kept_state<Counter>().n, 41);
+}
+
+TEST(TeamLease, AChildForkedDuringAnotherThreadsPassGetsAKeptTeamOfItsOwn) {
+  // At fork another thread holds the lease: that thread is not in the child,
+  // so the child's copy of the lock would stay held for good. The child
+  // starts a fresh kept set (pthread_atfork) and its passes use it.
+  struct Mark {
+    int n;
+  };
+  std::atomic<bool> holding{false}, release{false};
+  std::thread holder([&] {
+    vismem::TeamLease lease(2);
+    lease.kept_state<Mark>().n = 7;
+    holding = lease.kept();
+    while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  while (!holding) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_FALSE(vismem::TeamLease(2).kept());  // held here: the parent's passes get their own
+  fflush(nullptr);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    alarm(30);
+    int code = 0;
+    for (int pass = 0; pass < 3 && code == 0; ++pass) {
+      vismem::TeamLease lease(2);
+      std::atomic<int> n{0};
+      if (lease.kept()) lease.team().run(8, [&](int64_t, int) { ++n; });
+      if (!lease.kept()) code = 4;                               // no kept team in the child
+      else if (n != 8) code = 3;                                 // its team did not run every item
+      else if (lease.kept_state<Mark>().n != (pass == 0 ? 0 : 9)) code = 5;  // the parent's state, not a fresh one
+      if (code == 0) lease.kept_state<Mark>().n = 9;
+    }
+    std::exit(code);
+  }
+  release = true;
+  holder.join();
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child was killed (signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0)
+                                 << "): it hung";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "4: no kept team, 3: not every item ran, 5: the parent's kept state";
+  vismem::TeamLease after(2);  // the parent's own set is untouched
+  ASSERT_TRUE(after.kept());
+  EXPECT_EQ(after.kept_state<Mark>().n, 7);
 }
 
 TEST(Team, AThrowOnTheCallingThreadStopsTheJobAndTheTeamGoesOn) {

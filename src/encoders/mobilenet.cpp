@@ -614,18 +614,18 @@ void run_batch(const MobileNet::Impl& net, const Plan& p, const float* pixels, i
     std::vector<int64_t> key;
     std::unique_ptr<Scratch> scratch;
   };
-  static KeptArena& kept = *new KeptArena;  // used only under the kept team's lease; never destroyed (team.cpp)
   std::vector<int64_t> key = p.slot_floats;
   key.insert(key.end(), {p.col_floats, group, threads});
   std::unique_ptr<Scratch> own;
-  if (!lease.kept()) {
+  KeptArena* kept = lease.kept() ? &lease.kept_state<KeptArena>() : nullptr;
+  if (!kept) {
     own = std::make_unique<Scratch>(p, group, threads);
-  } else if (kept.key != key || !kept.scratch) {
-    kept.scratch.reset();  // the old arena goes before the new one is allocated
-    kept.scratch = std::make_unique<Scratch>(p, group, threads);
-    kept.key = std::move(key);
+  } else if (kept->key != key || !kept->scratch) {
+    kept->scratch.reset();  // the old arena goes before the new one is allocated
+    kept->scratch = std::make_unique<Scratch>(p, group, threads);
+    kept->key = std::move(key);
   }
-  Scratch& s = own ? *own : *kept.scratch;
+  Scratch& s = own ? *own : *kept->scratch;
   int i = 0;
   for (; i + group <= n; i += group) run_group(k, net, p, pixels + i * in_floats, out + i * out_floats, s, team);
   if (i < n) {

@@ -949,20 +949,20 @@ void run_forward(const VitModel& m, const float* pixels, int n, int h, int w, in
     std::vector<int> key;
     std::unique_ptr<Scratch> scratch;
   };
-  static KeptArena& kept = *new KeptArena;  // used only under the kept team's lease; never destroyed (team.cpp)
   TeamLease lease(par);
+  KeptArena* kept = lease.kept() ? &lease.kept_state<KeptArena>() : nullptr;
   const std::vector<int> key = {c.hidden, c.mlp, c.swiglu ? 1 : 0, c.channels, c.patch, chunk, T, G, par};
   std::unique_ptr<Scratch> own;
   Scratch* s = nullptr;
-  if (lease.kept() && kept.key == key && kept.scratch) {
-    s = kept.scratch.get();
+  if (kept && kept->key == key && kept->scratch) {
+    s = kept->scratch.get();
   } else {
-    if (lease.kept()) kept.scratch.reset();  // the old arena goes before the new one is allocated
+    if (kept) kept->scratch.reset();  // the old arena goes before the new one is allocated
     own = std::make_unique<Scratch>(c, chunk, T, G, par);
     s = own.get();
-    if (lease.kept() && s->bytes() <= kMaxKeptArena) {
-      kept.scratch = std::move(own);
-      kept.key = key;
+    if (kept && s->bytes() <= kMaxKeptArena) {
+      kept->scratch = std::move(own);
+      kept->key = key;
     }
   }
   for (int start = 0; start < n; start += chunk) run_range(*s, lease.team(), start, std::min(chunk, n - start));

@@ -5,8 +5,12 @@
 #include <chrono>
 #include <exception>
 #include <memory>
+#include <utility>
+#include <vector>
 
-#include <unistd.h>
+#include <pthread.h>
+
+#include "error.h"
 
 namespace vismem {
 
@@ -113,32 +117,42 @@ void Team::helper(int worker) {
   }
 }
 
-namespace {
-// The process's kept team. mu: held by the lease that uses it, for a whole pass.
-struct Kept {
+// The process's kept team and the states kept beside it. mu: held by the
+// lease that uses them, for a whole pass.
+struct TeamLease::Kept {
   std::mutex mu;
   std::unique_ptr<Team> team;
-  pid_t pid = getpid();
+  std::vector<std::pair<const void*, void*>> states;  // kept_state's objects by their type's tag
 };
-// Never destroyed: at exit another thread may be in a pass on it (destroying
-// it there crashed), a forked child's copy has no threads to join (waiting on
-// them hung), and a job on a helper may call exit(). Its helpers end with the process.
-Kept& kept_team() {
-  static Kept& k = *new Kept;
-  return k;
+
+namespace {
+// The current kept set, made on first use. Never destroyed: at exit another
+// thread may be in a pass on it (destroying it there crashed), and a job on a
+// helper may call exit(). In a forked child the parent's set is dropped, not
+// destroyed: its team's threads are not there to join (waiting on them hung)
+// and its lock may be held for good by a thread that is not there either.
+std::atomic<TeamLease::Kept*> g_kept{nullptr};
+
+void drop_kept_in_child() { g_kept.store(nullptr, std::memory_order_relaxed); }
+
+TeamLease::Kept& kept_set() {
+  static const int registered = pthread_atfork(nullptr, nullptr, drop_kept_in_child);
+  (void)registered;
+  TeamLease::Kept* k = g_kept.load(std::memory_order_acquire);
+  if (k != nullptr) return *k;
+  auto fresh = std::make_unique<TeamLease::Kept>();
+  if (g_kept.compare_exchange_strong(k, fresh.get(), std::memory_order_acq_rel)) return *fresh.release();
+  return *k;  // another thread made it first
 }
+
 thread_local bool t_leasing = false;  // this thread holds the kept team (a nested pass must not take it)
 }  // namespace
 
 TeamLease::TeamLease(int threads) {
   if (threads < 1) threads = 1;
-  Kept& k = kept_team();
+  Kept& k = kept_set();
   if (!t_leasing && threads <= kMaxKeptThreads && k.mu.try_lock()) {
     std::unique_lock<std::mutex> lock(k.mu, std::adopt_lock);
-    if (k.pid != getpid()) {
-      (void)k.team.release();  // the parent's, without its threads here: left alone
-      k.pid = getpid();
-    }
     if (threads == 1) {  // no helpers to keep: the kept team stays for the next pass on several
       own_ = std::make_unique<Team>(1);
       team_ = own_.get();
@@ -147,7 +161,7 @@ TeamLease::TeamLease(int threads) {
       k.team = std::make_unique<Team>(threads);  // on a throw the lock is released, nothing is kept
     }
     if (!team_) team_ = k.team.get();
-    kept_ = true;
+    kept_ = &k;
     t_leasing = true;
     lock.release();  // held until ~TeamLease
     return;
@@ -159,8 +173,17 @@ TeamLease::TeamLease(int threads) {
 TeamLease::~TeamLease() {
   if (kept_) {
     t_leasing = false;
-    kept_team().mu.unlock();
+    kept_->mu.unlock();  // the set this lease locked (in a child forked during the pass: the parent's)
   }
+}
+
+void* TeamLease::kept_slot(const void* tag, void* (*make)()) {
+  if (!kept_) throw Error("TeamLease::kept_state: this lease does not hold the kept team");
+  for (const auto& [t, state] : kept_->states)
+    if (t == tag) return state;
+  void* state = make();
+  kept_->states.emplace_back(tag, state);
+  return state;
 }
 
 }  // namespace vismem

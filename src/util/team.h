@@ -63,14 +63,16 @@ class Team {
 // (a new one per pass started its helper threads, whose thread_local GEMM
 // buffers were then page-faulted again, while the caller waited: see
 // vit.cpp): a lease takes it when no other pass holds it, and then kept() is
-// true and the caller may also use what it keeps beside it (an encoder's
-// arena), under the same lease. Otherwise (another thread's pass holds it, or
-// this thread's own, in a pass nested in one) the lease starts a team of its
-// own for this pass, as before. The kept team is replaced when a pass wants
-// another size (a 1-thread pass leaves it), and is never larger than
-// kMaxKeptThreads. In a fork()ed child, whose copy of it has no threads, it is
-// left alone and a new one started. It is never destroyed (a pass may still
-// run on another thread at exit); its helpers end with the process.
+// true and the caller may also use what is kept beside it (kept_state: an
+// encoder's arena), under the same lease. Otherwise (another thread's pass
+// holds it, or this thread's own, in a pass nested in one) the lease starts a
+// team of its own for this pass, as before. The kept team is replaced when a
+// pass wants another size (a 1-thread pass leaves it), and is never larger
+// than kMaxKeptThreads. In a fork()ed child (pthread_atfork) the parent's
+// kept team and states are left alone, since its threads do not exist there
+// and its lock may be held by a thread that does not either: the child's first
+// pass starts a fresh set. Nothing kept is ever destroyed (a pass may still
+// run on another thread at exit); the helpers end with the process.
 // Throws std::system_error if threads cannot be started (the team then has
 // stopped and joined the ones it had).
 class TeamLease {
@@ -81,12 +83,25 @@ class TeamLease {
   TeamLease(const TeamLease&) = delete;
   TeamLease& operator=(const TeamLease&) = delete;
   Team& team() { return *team_; }
-  bool kept() const { return kept_; }
+  bool kept() const { return kept_ != nullptr; }
+
+  // The process's one T kept beside the kept team (value-initialized on first
+  // use, never destroyed), for this lease's holder alone until ~TeamLease.
+  // Only where kept(); throws vismem::Error otherwise.
+  template <class T>
+  T& kept_state() {
+    static const char tag = 0;  // one per T in the program
+    return *static_cast<T*>(kept_slot(&tag, [] { return static_cast<void*>(new T()); }));
+  }
+
+  struct Kept;  // team.cpp
 
  private:
+  void* kept_slot(const void* tag, void* (*make)());
+
   std::unique_ptr<Team> own_;
   Team* team_ = nullptr;
-  bool kept_ = false;
+  Kept* kept_ = nullptr;  // the kept set this lease holds the lock of
 };
 
 }  // namespace vismem
