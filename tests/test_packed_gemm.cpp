@@ -222,8 +222,9 @@ TEST(PackedGemm, PackedWhereItIsTheFasterProduct) {
   EXPECT_TRUE(packed_gemm_preferred_for(Isa::avx512, "Prescott"));
   EXPECT_TRUE(packed_gemm_preferred_for(Isa::avx512, "Haswell"));
   EXPECT_FALSE(packed_gemm_preferred_for(Isa::portable, "Prescott"));
-  if (std::getenv("VISMEM_PACKED") == nullptr)  // else the environment decides (VismemPackedDecidesWhereSet)
+  if (std::getenv("VISMEM_PACKED") == nullptr) {  // else the environment decides (VismemPackedDecidesWhereSet)
     EXPECT_EQ(vismem::packed_gemm_preferred(), packed_gemm_preferred_for(vismem::cpu_isa(), vismem::blas_core()));
+  }
 }
 
 TEST(PackedGemm, VismemPackedDecidesWhereSet) {
