@@ -123,6 +123,7 @@ struct TeamLease::Kept {
   std::mutex mu;
   std::unique_ptr<Team> team;
   std::vector<std::pair<const void*, void*>> states;  // kept_state's objects by their type's tag
+  Kept* dropped = nullptr;  // the set a fork dropped before this one was made (kept reachable: no leak reports)
 };
 
 namespace {
@@ -132,15 +133,22 @@ namespace {
 // destroyed: its team's threads are not there to join (waiting on them hung)
 // and its lock may be held for good by a thread that is not there either.
 std::atomic<TeamLease::Kept*> g_kept{nullptr};
+std::atomic<TeamLease::Kept*> g_dropped{nullptr};
 
-void drop_kept_in_child() { g_kept.store(nullptr, std::memory_order_relaxed); }
+void drop_kept_in_child() {  // one thread in the child: nothing to race with
+  if (TeamLease::Kept* old = g_kept.exchange(nullptr, std::memory_order_relaxed)) g_dropped.store(old);
+}
+
+// Registered when the library is loaded, not on first use: a fork while
+// another thread was inside a function-local static's initializer left the
+// child waiting on that initializer's guard for good.
+[[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, drop_kept_in_child);
 
 TeamLease::Kept& kept_set() {
-  static const int registered = pthread_atfork(nullptr, nullptr, drop_kept_in_child);
-  (void)registered;
   TeamLease::Kept* k = g_kept.load(std::memory_order_acquire);
   if (k != nullptr) return *k;
   auto fresh = std::make_unique<TeamLease::Kept>();
+  fresh->dropped = g_dropped.load();
   if (g_kept.compare_exchange_strong(k, fresh.get(), std::memory_order_acq_rel)) return *fresh.release();
   return *k;  // another thread made it first
 }
@@ -181,6 +189,7 @@ void* TeamLease::kept_slot(const void* tag, void* (*make)()) {
   if (!kept_) throw Error("TeamLease::kept_state: this lease does not hold the kept team");
   for (const auto& [t, state] : kept_->states)
     if (t == tag) return state;
+  kept_->states.reserve(kept_->states.size() + 1);  // so that the emplace below cannot throw and lose the state
   void* state = make();
   kept_->states.emplace_back(tag, state);
   return state;

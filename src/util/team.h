@@ -90,13 +90,16 @@ class TeamLease {
   // Only where kept(); throws vismem::Error otherwise.
   template <class T>
   T& kept_state() {
-    static const char tag = 0;  // one per T in the program
-    return *static_cast<T*>(kept_slot(&tag, [] { return static_cast<void*>(new T()); }));
+    return *static_cast<T*>(kept_slot(&kept_tag<T>, [] { return static_cast<void*>(new T()); }));
   }
 
   struct Kept;  // team.cpp
 
  private:
+  // One address per T in the program: writable, so that no constant merging
+  // (-fmerge-all-constants) can give two types one slot.
+  template <class T>
+  static inline char kept_tag = 0;
   void* kept_slot(const void* tag, void* (*make)());
 
   std::unique_ptr<Team> own_;
