@@ -141,8 +141,13 @@ void drop_kept_in_child() {  // one thread in the child: nothing to race with
 
 // Registered when the library is loaded, not on first use: a fork while
 // another thread was inside a function-local static's initializer left the
-// child waiting on that initializer's guard for good.
-[[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, drop_kept_in_child);
+// child waiting on that initializer's guard for good. A constructor of the
+// first user priority, not a namespace-scope initializer: another translation
+// unit's static initializer may run first, take a lease and fork, and its
+// child would inherit a kept team whose threads are not there.
+[[gnu::constructor(101)]] void register_drop_in_child() {
+  pthread_atfork(nullptr, nullptr, drop_kept_in_child);
+}
 
 TeamLease::Kept& kept_set() {
   TeamLease::Kept* k = g_kept.load(std::memory_order_acquire);
