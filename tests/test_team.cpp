@@ -119,10 +119,12 @@ TEST(TeamLease, AForkedChildRunsAndExits) {
   }
 }
 
-// A static initializer of this file runs before team.cpp's own (this object
-// comes first on the link line): it takes a lease, so a kept team exists, and
-// forks. The child must drop that team (its threads are not there), so the
-// fork handler has to be registered before any initializer can run.
+// A static initializer of this file runs before team.cpp's default-priority
+// ones (this object comes first on the link line; under -flto GCC reverses
+// that order, and the test would no longer tell): it takes a lease, so a kept
+// team exists, and forks. The child must drop that team (its threads are not
+// there), so the fork handler has to be registered before any initializer
+// can run. It runs in every test_team process, gtest's listing included.
 namespace {
 int fork_in_static_init() {
   { vismem::TeamLease warm(2); warm.team().run(4, [](int64_t, int) {}); }
@@ -130,7 +132,7 @@ int fork_in_static_init() {
   const pid_t child = fork();
   if (child < 0) return -1;
   if (child == 0) {
-    alarm(30);  // a hang kills the child instead of stalling the test binary
+    alarm(10);  // a hang kills the child instead of stalling every test_team process
     vismem::TeamLease lease(2);
     std::atomic<int> n{0};
     lease.team().run(8, [&](int64_t, int) { ++n; });

@@ -144,7 +144,8 @@ void drop_kept_in_child() {  // one thread in the child: nothing to race with
 // child waiting on that initializer's guard for good. A constructor of the
 // first user priority, not a namespace-scope initializer: another translation
 // unit's static initializer may run first, take a lease and fork, and its
-// child would inherit a kept team whose threads are not there.
+// child would inherit a kept team whose threads are not there. (Only another
+// constructor of priority 101 may still run before it: 0-100 are reserved.)
 [[gnu::constructor(101)]] void register_drop_in_child() {
   pthread_atfork(nullptr, nullptr, drop_kept_in_child);
 }
